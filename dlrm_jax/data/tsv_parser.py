@@ -1,0 +1,195 @@
+"""Vectorised parsing of raw Criteo TSV bytes into NumPy columns (pyarrow.csv, no per-line Python)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from dlrm_jax.data import criteo_format as cf
+
+# 8 hex digits fit in uint32; longer fields would not, so they are rejected.
+_MAX_HEX_DIGITS = 8
+_LO_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
+_LETTER_BITS = np.uint64(0x0101010101010101)
+
+
+@dataclasses.dataclass(frozen=True)
+class RawChunk:
+    """One parsed block of consecutive rows.
+
+    label:   int32[n]        0/1 click label.
+    dense:   int64[n, 13]    raw integers, missing already 0.
+    cat:     uint32[n, 26]   hex value of each categorical, 0 where missing.
+    missing: bool[n, 26]     True where the categorical field was empty.
+    """
+
+    label: np.ndarray
+    dense: np.ndarray
+    cat: np.ndarray
+    missing: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.label.shape[0])
+
+
+def _read_options(block_size: int) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
+    read = pacsv.ReadOptions(column_names=list(cf.COLUMN_NAMES), block_size=block_size, use_threads=True)
+    # Criteo never quotes or escapes; turning both off keeps the tokenizer on its fast path.
+    parse = pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False, escape_char=False)
+    types: dict[str, pa.DataType] = {cf.LABEL_NAME: pa.int32()}
+    types.update({name: pa.int64() for name in cf.DENSE_NAMES})
+    # binary (not string) skips UTF-8 validation; empty stays "" and marks missing.
+    types.update({name: pa.binary() for name in cf.SPARSE_NAMES})
+    convert = pacsv.ConvertOptions(
+        column_types=types, null_values=[""], strings_can_be_null=False, quoted_strings_can_be_null=False
+    )
+    return read, parse, convert
+
+
+def _hex8_words(words: np.ndarray) -> np.ndarray:
+    """uint64[m] little-endian words of 8 ASCII hex digits -> uint32[m] values (SWAR, no per-byte loop)."""
+    nib = (words & _LO_NIBBLES) + ((words >> np.uint64(6)) & _LETTER_BITS) * np.uint64(9)
+    m16 = np.uint64(0x000F000F000F000F)
+    pairs = ((nib & m16) << np.uint64(4)) | ((nib >> np.uint64(8)) & m16)
+    m32 = np.uint64(0x000000FF000000FF)
+    quads = ((pairs & m32) << np.uint64(8)) | ((pairs >> np.uint64(16)) & m32)
+    m64 = np.uint64(0xFFFF)
+    return (((quads & m64) << np.uint64(16)) | ((quads >> np.uint64(32)) & m64)).astype(np.uint32)
+
+
+def _hex_lut() -> np.ndarray:
+    lut = np.full(256, 255, dtype=np.uint8)
+    for i, ch in enumerate("0123456789abcdef"):
+        lut[ord(ch)] = i
+        lut[ord(ch.upper())] = i
+    return lut
+
+
+_HEX_LUT = _hex_lut()
+
+
+def _lower_hex_table() -> np.ndarray:
+    ok = np.zeros(256, dtype=bool)
+    ok[list(b"0123456789abcdef")] = True
+    return ok
+
+
+_LOWER_HEX_OK = _lower_hex_table()
+
+
+def _valid_hex8(words: np.ndarray) -> bool:
+    """True when every byte of every word is one of 0-9a-f (what the SWAR decode assumes)."""
+    return bool(np.take(_LOWER_HEX_OK, words.view(np.uint8)).all())
+
+
+def _decode_hex_general(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, column: str) -> np.ndarray:
+    """Slow-but-vectorised path for hex of 1..8 digits (any case): right-align into 8 slots."""
+    if lengths.size and lengths.max() > _MAX_HEX_DIGITS:
+        raise ValueError(f"{column}: categorical value longer than {_MAX_HEX_DIGITS} hex digits")
+    slot = np.arange(_MAX_HEX_DIGITS)
+    lead = (_MAX_HEX_DIGITS - lengths)[:, None]
+    pos = starts[:, None] + slot[None, :] - lead
+    used = slot[None, :] >= lead
+    nib = _HEX_LUT[data[np.where(used, pos, 0)]]
+    nib = np.where(used, nib, 0)
+    if np.any(nib > 15):
+        raise ValueError(f"{column}: categorical value is not hexadecimal")
+    shifts = (4 * (_MAX_HEX_DIGITS - 1 - slot)).astype(np.uint32)
+    return (nib.astype(np.uint32) << shifts).sum(axis=1, dtype=np.uint32)
+
+
+def decode_hex_column(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Binary hex column -> (uint32[n] values, bool[n] missing); empty string means missing."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(column)
+    _, off_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(off_buf, dtype=np.int32, count=n + 1, offset=column.offset * 4)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    missing = lengths == 0
+    present = ~missing
+    starts = offsets[:-1][present]
+    values = np.zeros(n, dtype=np.uint32)
+    plen = lengths[present]
+    if starts.size == 0:
+        return values, missing
+    if np.all(plen == _MAX_HEX_DIGITS) and data.size >= _MAX_HEX_DIGITS:
+        # An overlapping uint64 view: element i is the 8 bytes starting at byte i.
+        words_view = np.ndarray(
+            shape=(data.size - _MAX_HEX_DIGITS + 1,), dtype="<u8", buffer=data, strides=(1,)
+        )
+        words = words_view[starts]
+        if _valid_hex8(words):
+            values[present] = _hex8_words(words)
+            return values, missing
+    values[present] = _decode_hex_general(data, starts, plen, name)
+    return values, missing
+
+
+def table_to_chunk(table: pa.Table) -> RawChunk:
+    """Parsed pyarrow table (40 Criteo columns) -> RawChunk."""
+    n = table.num_rows
+    label_col = table.column(cf.LABEL_NAME)
+    if label_col.null_count:
+        raise ValueError("a row has an empty label")
+    label = label_col.to_numpy().astype(np.int32, copy=False)
+    dense = np.empty((n, cf.NUM_DENSE), dtype=np.int64)
+    for j, name in enumerate(cf.DENSE_NAMES):
+        dense[:, j] = table.column(name).fill_null(0).to_numpy()
+    cat = np.empty((n, cf.NUM_SPARSE), dtype=np.uint32)
+    missing = np.empty((n, cf.NUM_SPARSE), dtype=bool)
+    for j, name in enumerate(cf.SPARSE_NAMES):
+        cat[:, j], missing[:, j] = decode_hex_column(table.column(name), name)
+    return RawChunk(label=label, dense=dense, cat=cat, missing=missing)
+
+
+def parse_bytes(buf: bytes | memoryview, block_size: int = 1 << 24) -> RawChunk:
+    """Parse a whole-line byte range of a raw Criteo TSV file."""
+    read, parse, convert = _read_options(block_size)
+    table = pacsv.read_csv(io.BytesIO(buf), read_options=read, parse_options=parse, convert_options=convert)
+    return table_to_chunk(table)
+
+
+def count_lines(path: str, block: int = 1 << 24) -> int:
+    """Number of rows in a text file (a last line without a newline counts too)."""
+    count, last = 0, b"\n"
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(block):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[bytes]:
+    """Yield consecutive byte ranges of a file, each ending at a line break."""
+    carry = b""
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            block = f.read(chunk_bytes)
+            if not block:
+                break
+            block = carry + block
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:
+                carry = block
+                continue
+            carry = block[cut:]
+            yield block[:cut]
+    if carry.strip(b"\r\n"):
+        yield carry + b"\n"
+
+
+def iter_raw_chunks(path: str, chunk_bytes: int = 64 << 20) -> Iterator[RawChunk]:
+    """Parse a raw Criteo TSV file chunk by chunk, in file order."""
+    if os.path.getsize(path) == 0:
+        return
+    for buf in iter_byte_chunks(path, chunk_bytes):
+        yield parse_bytes(buf)
