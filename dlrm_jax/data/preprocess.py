@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dlrm_jax.data import criteo_format as cf
+from dlrm_jax.data import prefetch
 from dlrm_jax.data import splits as splits_lib
 from dlrm_jax.data import tsv_parser
 from dlrm_jax.data import vocab as vocab_lib
@@ -111,16 +113,17 @@ def _pass1(
     train_end = ranges["train"][1]
     row = 0
     with tqdm(total=num_rows, unit="rows", unit_scale=True, desc="parse", disable=not progress) as bar:
-        for chunk in _iter_chunks(raw_files, chunk_bytes):
+        # Parsing the next chunk (pyarrow, GIL released) overlaps this chunk's NumPy work.
+        for chunk in prefetch.background(_iter_chunks(raw_files, chunk_bytes)):
             n = chunk.num_rows
             if row + n > num_rows:
                 raise RuntimeError("raw files grew while being preprocessed")
-            cat = chunk.cat
+            cat_t, missing_t = chunk.cat_t, chunk.missing_t
             if max_ind_range > 0:
-                cat %= np.uint32(max_ind_range)
+                cat_t %= np.uint32(max_ind_range)
             dense = dense_transform(chunk.dense)
             label = chunk.label.astype(np.float32)
-            missing_bits = np.packbits(chunk.missing, axis=1)
+            missing_bits = np.packbits(missing_t, axis=0).T
             for split, (lo, hi) in ranges.items():
                 a, b = max(lo, row), min(hi, row + n)
                 if a >= b:
@@ -128,15 +131,13 @@ def _pass1(
                 w, s = writers[split], slice(a - row, b - row)
                 w.dense[a - lo : b - lo] = dense[s]
                 w.label[a - lo : b - lo] = label[s]
-                w.sparse[a - lo : b - lo] = cat[s].view(np.int32)
+                w.sparse[a - lo : b - lo] = cat_t[:, s].T.view(np.int32)
                 w.missing[a - lo : b - lo] = missing_bits[s]
                 w.positives += float(label[s].sum())
             n_train = max(0, min(train_end - row, n))
             if n_train:
-                cat_t = np.ascontiguousarray(cat[:n_train].T)
-                present_t = ~np.ascontiguousarray(chunk.missing[:n_train].T)
                 for j, counter in enumerate(counters):
-                    counter.add(cat_t[j][present_t[j]])
+                    counter.add(cat_t[j, :n_train][~missing_t[j, :n_train]])
             row += n
             bar.update(n)
     if row != num_rows:
@@ -147,15 +148,22 @@ def _pass1(
 def _pass2(writers: dict[str, _SplitWriter], vocabs: list[np.ndarray], progress: bool) -> None:
     """Replace raw hashed values by contiguous ids, in place, block by block."""
     total = sum(w.label.shape[0] for w in writers.values())
-    with tqdm(total=total, unit="rows", unit_scale=True, desc="ids", disable=not progress) as bar:
+    with (
+        tqdm(total=total, unit="rows", unit_scale=True, desc="ids", disable=not progress) as bar,
+        ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+    ):
         for w in writers.values():
             for a in range(0, w.label.shape[0], _REMAP_BLOCK_ROWS):
                 b = min(a + _REMAP_BLOCK_ROWS, w.label.shape[0])
                 raw_t = np.ascontiguousarray(np.asarray(w.sparse[a:b]).view(np.uint32).T)
                 miss_t = np.unpackbits(w.missing[a:b], axis=1, count=cf.NUM_SPARSE).astype(bool).T
                 ids_t = np.empty(raw_t.shape, dtype=np.int32)
-                for j, vocab in enumerate(vocabs):
-                    ids_t[j] = vocab_lib.lookup_ids(vocab, raw_t[j], miss_t[j])
+
+                def remap(j: int) -> None:
+                    ids_t[j] = vocab_lib.lookup_ids(vocabs[j], raw_t[j], miss_t[j])
+
+                # searchsorted releases the GIL, so features remap on all cores.
+                list(pool.map(remap, range(cf.NUM_SPARSE)))
                 w.sparse[a:b] = ids_t.T
                 bar.update(b - a)
 

@@ -23,16 +23,17 @@ _LETTER_BITS = np.uint64(0x0101010101010101)
 class RawChunk:
     """One parsed block of consecutive rows.
 
-    label:   int32[n]        0/1 click label.
-    dense:   int64[n, 13]    raw integers, missing already 0.
-    cat:     uint32[n, 26]   hex value of each categorical, 0 where missing.
-    missing: bool[n, 26]     True where the categorical field was empty.
+    label:     int32[n]        0/1 click label.
+    dense:     int64[n, 13]    raw integers, missing already 0.
+    cat_t:     uint32[26, n]   hex value of each categorical, 0 where missing (feature-major,
+                               so each feature is contiguous for counting and lookup).
+    missing_t: bool[26, n]     True where the categorical field was empty.
     """
 
     label: np.ndarray
     dense: np.ndarray
-    cat: np.ndarray
-    missing: np.ndarray
+    cat_t: np.ndarray
+    missing_t: np.ndarray
 
     @property
     def num_rows(self) -> int:
@@ -53,9 +54,19 @@ def _read_options(block_size: int) -> tuple[pacsv.ReadOptions, pacsv.ParseOption
     return read, parse, convert
 
 
-def _hex8_words(words: np.ndarray) -> np.ndarray:
-    """uint64[m] little-endian words of 8 ASCII hex digits -> uint32[m] values (SWAR, no per-byte loop)."""
+def _hex8_words(words: np.ndarray) -> np.ndarray | None:
+    """uint64[m] little-endian words of 8 ASCII hex digits -> uint32[m] values, or None if a byte is not 0-9a-f.
+
+    SWAR: all 8 digits of a word are decoded at once. Validation re-encodes the
+    nibbles and compares: only '0'-'9' and 'a'-'f' survive the round trip with
+    a nibble below 16, so no per-byte table lookup is needed.
+    """
     nib = (words & _LO_NIBBLES) + ((words >> np.uint64(6)) & _LETTER_BITS) * np.uint64(9)
+    is_letter = ((nib + np.uint64(0x0606060606060606)) >> np.uint64(4)) & _LETTER_BITS
+    recoded = nib + np.uint64(0x3030303030303030) + is_letter * np.uint64(0x27)
+    over15 = (nib + np.uint64(0x7070707070707070)) & np.uint64(0x8080808080808080)
+    if not (np.array_equal(recoded, words) and not over15.any()):
+        return None
     m16 = np.uint64(0x000F000F000F000F)
     pairs = ((nib & m16) << np.uint64(4)) | ((nib >> np.uint64(8)) & m16)
     m32 = np.uint64(0x000000FF000000FF)
@@ -73,20 +84,6 @@ def _hex_lut() -> np.ndarray:
 
 
 _HEX_LUT = _hex_lut()
-
-
-def _lower_hex_table() -> np.ndarray:
-    ok = np.zeros(256, dtype=bool)
-    ok[list(b"0123456789abcdef")] = True
-    return ok
-
-
-_LOWER_HEX_OK = _lower_hex_table()
-
-
-def _valid_hex8(words: np.ndarray) -> bool:
-    """True when every byte of every word is one of 0-9a-f (what the SWAR decode assumes)."""
-    return bool(np.take(_LOWER_HEX_OK, words.view(np.uint8)).all())
 
 
 def _decode_hex_general(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, column: str) -> np.ndarray:
@@ -126,9 +123,9 @@ def decode_hex_column(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[np
         words_view = np.ndarray(
             shape=(data.size - _MAX_HEX_DIGITS + 1,), dtype="<u8", buffer=data, strides=(1,)
         )
-        words = words_view[starts]
-        if _valid_hex8(words):
-            values[present] = _hex8_words(words)
+        decoded = _hex8_words(words_view[starts])
+        if decoded is not None:
+            values[present] = decoded
             return values, missing
     values[present] = _decode_hex_general(data, starts, plen, name)
     return values, missing
@@ -144,11 +141,11 @@ def table_to_chunk(table: pa.Table) -> RawChunk:
     dense = np.empty((n, cf.NUM_DENSE), dtype=np.int64)
     for j, name in enumerate(cf.DENSE_NAMES):
         dense[:, j] = table.column(name).fill_null(0).to_numpy()
-    cat = np.empty((n, cf.NUM_SPARSE), dtype=np.uint32)
-    missing = np.empty((n, cf.NUM_SPARSE), dtype=bool)
+    cat_t = np.empty((cf.NUM_SPARSE, n), dtype=np.uint32)
+    missing_t = np.empty((cf.NUM_SPARSE, n), dtype=bool)
     for j, name in enumerate(cf.SPARSE_NAMES):
-        cat[:, j], missing[:, j] = decode_hex_column(table.column(name), name)
-    return RawChunk(label=label, dense=dense, cat=cat, missing=missing)
+        cat_t[j], missing_t[j] = decode_hex_column(table.column(name), name)
+    return RawChunk(label=label, dense=dense, cat_t=cat_t, missing_t=missing_t)
 
 
 def parse_bytes(buf: bytes | memoryview, block_size: int = 1 << 24) -> RawChunk:
