@@ -212,3 +212,19 @@ def test_last_line_without_newline(tmp_path):
     meta = preprocess.preprocess_criteo([str(raw)], str(tmp_path / "out"), chunk_rows=3, progress=False)
     assert sum(meta["num_rows"].values()) == 20
     assert json.load(open(tmp_path / "out" / "metadata.json"))["table_sizes"] == [2] * 26
+
+
+@pytest.mark.parametrize("size,spread", [(1, 2**32), (3, 2**32), (1000, 2**32), (50_000, 2**32), (5000, 5000)])
+def test_hash_id_table_equals_sorted_lookup(size, spread):
+    from dlrm_jax.data import vocab
+
+    rng = np.random.default_rng(size)
+    values = np.unique(rng.integers(0, spread, size * 2).astype(np.uint32))[:size]
+    queries = np.concatenate([values, rng.integers(0, spread, 3 * size).astype(np.uint32)])
+    rng.shuffle(queries)
+    missing = rng.random(queries.size) < 0.2
+    got = vocab.IdTable(values).lookup(queries, missing)
+    expected = {int(v): k + 1 for k, v in enumerate(values)}
+    want = np.array([0 if m else expected.get(int(q), 0) for q, m in zip(queries, missing)], np.int32)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(vocab.lookup_ids(values, queries, missing), want)

@@ -152,6 +152,7 @@ def _pass2(writers: dict[str, _SplitWriter], vocabs: list[np.ndarray], progress:
         tqdm(total=total, unit="rows", unit_scale=True, desc="ids", disable=not progress) as bar,
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
     ):
+        tables = list(pool.map(vocab_lib.IdTable, vocabs))
         for w in writers.values():
             for a in range(0, w.label.shape[0], _REMAP_BLOCK_ROWS):
                 b = min(a + _REMAP_BLOCK_ROWS, w.label.shape[0])
@@ -160,9 +161,9 @@ def _pass2(writers: dict[str, _SplitWriter], vocabs: list[np.ndarray], progress:
                 ids_t = np.empty(raw_t.shape, dtype=np.int32)
 
                 def remap(j: int) -> None:
-                    ids_t[j] = vocab_lib.lookup_ids(vocabs[j], raw_t[j], miss_t[j])
+                    ids_t[j] = tables[j].lookup(raw_t[j], miss_t[j])
 
-                # searchsorted releases the GIL, so features remap on all cores.
+                # NumPy gathers release the GIL, so features remap on all cores.
                 list(pool.map(remap, range(cf.NUM_SPARSE)))
                 w.sparse[a:b] = ids_t.T
                 bar.update(b - a)
