@@ -1,0 +1,48 @@
+"""Prints shuffled-batch rows/s of BatchLoader at batch 128 and 2048 (in RAM and memory-mapped)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Runnable as `python benchmarks/<name>.py` from anywhere without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dlrm_jax.data.loader import BatchLoader, open_split
+from dlrm_jax.data.synthetic import prepare_synthetic
+
+
+def rows_per_second(loader: BatchLoader, rows: int) -> float:
+    steps = max(1, rows // loader.local_batch_size)
+    start = time.perf_counter()
+    for _ in loader.iterate(start_step=1, num_steps=steps):  # step 0 would include building the permutation
+        pass
+    return steps * loader.local_batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of synthetic data (default 1M)")
+    parser.add_argument("--data_dir", default=None, help="where to cache the synthetic data (default: a temp dir)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes per setting; the median is printed")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        processed = prepare_synthetic(args.data_dir or tmp, args.rows, seed=0, progress=False)
+        for in_memory in (True, False):
+            arrays = open_split(processed, "train", in_memory=in_memory)
+            for batch in (128, 2048):
+                loader = BatchLoader(arrays, batch, shuffle=True, seed=0)
+                loader.get_batch(0)
+                budget = min(arrays.num_rows, 500_000)
+                rates = [rows_per_second(loader, budget) for _ in range(args.repeats)]
+                where = "in RAM" if in_memory else "memmap"
+                print(f"batch {batch:5d} {where}: median {statistics.median(rates):12,.0f} rows/s "
+                      f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {args.repeats} passes)")
+
+
+if __name__ == "__main__":
+    main()
