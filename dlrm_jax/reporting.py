@@ -1,0 +1,65 @@
+"""What a run leaves in its workdir (config.json, metrics.jsonl) and shows on the terminal."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import tqdm
+
+from dlrm_jax.config import Config
+
+
+def write_config(workdir: str, config: Config) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, "config.json.tmp")
+  with open(tmp, "w") as f:
+    f.write(config.to_json() + "\n")
+  os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+class MetricsLog:
+  """Appends one JSON object per line to workdir/metrics.jsonl (only on process 0)."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True, fresh: bool = True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = enabled
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      if fresh and os.path.exists(self.path):
+        os.remove(self.path)
+
+  def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in record.items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(clean) + "\n")
+
+
+class Throughput:
+  """Samples/s between successive ``mark`` calls."""
+
+  def __init__(self):
+    self._t = time.perf_counter()
+    self._samples = 0
+
+  def add(self, samples: int) -> None:
+    self._samples += samples
+
+  def mark(self) -> float:
+    now = time.perf_counter()
+    rate = self._samples / max(now - self._t, 1e-9)
+    self._t, self._samples = now, 0
+    return rate
+
+
+def progress_bar(total_steps: int, initial: int, batch_size: int, enabled: bool, desc: str):
+  """A bar counting examples, so its rate reads as samples/s and its ETA is honest."""
+  return tqdm.tqdm(total=total_steps * batch_size, initial=initial * batch_size, unit="ex",
+                   unit_scale=True, disable=not enabled, desc=desc, dynamic_ncols=True,
+                   mininterval=1.0)
