@@ -112,3 +112,17 @@ def test_prepare_synthetic_reuses_work(tmp_path):
     stamps = (os.stat(raw).st_mtime_ns, os.stat(os.path.join(out, "metadata.json")).st_mtime_ns)
     assert synthetic.prepare_synthetic(str(tmp_path), 3000, seed=4, progress=False) == out
     assert stamps == (os.stat(raw).st_mtime_ns, os.stat(os.path.join(out, "metadata.json")).st_mtime_ns)
+
+
+def test_stale_generator_output_is_rebuilt(tmp_path):
+    out = synthetic.prepare_synthetic(str(tmp_path), 1500, seed=2, progress=False)
+    teacher_json = os.path.join(str(tmp_path), "synthetic_1500_2", "train.txt.teacher.json")
+    meta = json.load(open(teacher_json))
+    meta["generator_version"] = synthetic.GENERATOR_VERSION - 1
+    json.dump(meta, open(teacher_json, "w"))
+    raw = os.path.join(str(tmp_path), "synthetic_1500_2", "train.txt")
+    with open(raw, "a") as f:  # an old generator's extra row: must disappear on rebuild
+        f.write(open(raw).readline())
+    synthetic.prepare_synthetic(str(tmp_path), 1500, seed=2, progress=False)
+    assert json.load(open(teacher_json))["generator_version"] == synthetic.GENERATOR_VERSION
+    assert sum(read_metadata(out)["num_rows"].values()) == 1500

@@ -27,11 +27,15 @@ SPARSE_MISSING: tuple[float, ...] = (
 )
 DENSE_MISSING: tuple[float, ...] = (0.45, 0, 0.2, 0.2, 0.03, 0.22, 0.04, 0, 0.04, 0.45, 0.04, 0.76, 0.2)
 # Pairs of sparse features whose teacher vectors interact (dot products), as DLRM's interaction layer can model.
-PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (2, 9), (4, 13), (6, 10), (7, 16), (12, 24), (3, 17), (5, 22))
+# All between features of at most ~10k ids, whose vectors 1-3M rows can pin down.
+PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (4, 13), (6, 10), (7, 16), (12, 24), (17, 18), (5, 22), (8, 19))
 TARGET_POSITIVE_RATE = 0.25
 TARGET_AUC = 0.80
-# Ids expected fewer than this many times per million rows carry proportionally less signal.
-_FULL_SIGNAL_PER_MILLION = 200.0
+# Ids expected fewer than this many times per million rows carry proportionally less signal
+# (linearly in the count), so rare ids add little variance a model could not learn.
+_FULL_SIGNAL_PER_MILLION = 4000.0
+# Bump when the generated rows change for a given (num_rows, seed); cached files are then rebuilt.
+GENERATOR_VERSION = 2
 _PAIR_DIM = 4
 _CHUNK_ROWS = 1 << 18
 _CALIBRATION_ROWS = 1 << 17
@@ -74,13 +78,13 @@ def make_teacher(seed: int) -> Teacher:
         cdfs.append(np.cumsum(p))
         hexes.append(_distinct_uint32(rng, v))
         # Signal lives on ids a model can actually see often enough to learn.
-        shrink = np.minimum(1.0, np.sqrt(p * 1e6 / _FULL_SIGNAL_PER_MILLION))
+        shrink = np.minimum(1.0, p * 1e6 / _FULL_SIGNAL_PER_MILLION)
         shrink = np.append(shrink, 1.0)  # the "missing" category is frequent
         unary.append(rng.normal(0.0, 1.0, v + 1) * shrink * rng.uniform(0.2, 0.6))
         pair_vecs.append(rng.normal(0.0, 1.0, (v + 1, _PAIR_DIM)) * shrink[:, None] * 0.5)
     teacher = Teacher(
         cdfs=cdfs, hex_values=hexes, unary=unary, pair_vecs=pair_vecs,
-        dense_w=rng.normal(0.0, 0.25, cf.NUM_DENSE), dense_mu=rng.uniform(0.0, 4.0, cf.NUM_DENSE),
+        dense_w=rng.normal(0.0, 0.5, cf.NUM_DENSE), dense_mu=rng.uniform(0.0, 4.0, cf.NUM_DENSE),
         dense_sigma=rng.uniform(0.5, 1.5, cf.NUM_DENSE), zipf=zipf,
     )
     return _calibrate(teacher, np.random.default_rng([seed, 1]))
@@ -235,7 +239,7 @@ def generate_criteo_tsv(path: str, num_rows: int, seed: int = 0, num_days: int =
         best_logloss[split] = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps))) if hi > lo else None
         positive_rate[split] = float(y.mean()) if hi > lo else None
     meta = {
-        "generator": "dlrm_jax.data.synthetic", "seed": seed, "num_rows": num_rows, "num_days": num_days,
+        "generator": "dlrm_jax.data.synthetic", "generator_version": GENERATOR_VERSION, "seed": seed, "num_rows": num_rows, "num_days": num_days,
         "vocab_sizes": list(VOCAB_SIZES), "zipf_exponents": teacher.zipf.round(4).tolist(),
         "pairs": [list(p) for p in PAIRS], "teacher_scale": teacher.scale, "teacher_bias": teacher.bias,
         "best_possible_auc": best_auc, "best_possible_logloss": best_logloss, "positive_rate": positive_rate,
@@ -253,10 +257,13 @@ def prepare_synthetic(data_dir: str, num_rows: int, seed: int, *, progress: bool
     raw = os.path.join(root, "train.txt")
     os.makedirs(root, exist_ok=True)
     teacher_json = raw + ".teacher.json"
+    teacher_meta = None
     if os.path.exists(raw) and os.path.exists(teacher_json):
         with open(teacher_json) as f:
             teacher_meta = json.load(f)
-    else:
+        if teacher_meta.get("generator_version") != GENERATOR_VERSION:
+            teacher_meta = None  # made by an older generator: rebuild rather than serve stale rows
+    if teacher_meta is None:
         teacher_meta = generate_criteo_tsv(raw, num_rows, seed)
     processed = os.path.join(root, "processed")
     extra = {"best_possible_auc": teacher_meta["best_possible_auc"], "synthetic": teacher_meta}
