@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import itertools
 import os
-import queue
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dlrm_jax.data import criteo_format as cf
+from dlrm_jax.data import prefetch
 from dlrm_jax.data.preprocess import METADATA_FILE, split_file
 
 Batch = dict[str, np.ndarray]
@@ -164,41 +165,5 @@ class BatchLoader:
         """
         if num_steps is None and not self.shuffle:
             num_steps = max(0, self.batches_per_epoch - start_step)
-        end = None if num_steps is None else start_step + num_steps
-        q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, self.prefetch))
-        stop = threading.Event()
-
-        def put(item: tuple[str, Any]) -> bool:
-            # Polling keeps the thread responsive to `stop` when the consumer quits early.
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce() -> None:
-            step = start_step
-            try:
-                while end is None or step < end:
-                    if not put(("batch", self.get_batch(step))):
-                        return
-                    step += 1
-                put(("end", None))
-            except BaseException as exc:  # re-raised in the consumer
-                put(("error", exc))
-
-        thread = threading.Thread(target=produce, name="BatchLoader-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                kind, value = q.get()
-                if kind == "end":
-                    return
-                if kind == "error":
-                    raise value
-                yield value
-        finally:
-            stop.set()
-            thread.join(timeout=5)
+        steps = itertools.count(start_step) if num_steps is None else range(start_step, start_step + num_steps)
+        return prefetch.background((self.get_batch(step) for step in steps), depth=self.prefetch)
