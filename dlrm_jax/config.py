@@ -52,6 +52,15 @@ class Config:
   eval_every_steps: int = 0  # 0: evaluate at the end only
   log_every_steps: int = 100
   progress: bool = True
+  # Checkpoints and use of saved models.
+  checkpoint_every_steps: int = 1000  # 0: only at the end (and on preemption)
+  keep_checkpoints: int = 3
+  checkpoint: str = ""  # eval / predict / export: latest, best, a workdir or a step directory
+  split: str = "test"  # eval / predict: the preprocessed split to score
+  predict_file: str = ""  # predict: an unlabeled raw Criteo file (Kaggle test.txt)
+  predictions_file: str = ""  # predict: output CSV; "" = workdir/predictions_<split>.csv
+  first_test_id: int = 60_000_000  # predict: Id of the first line of --predict_file
+  export_dir: str = ""  # export: "" = workdir/export
   # Sharding.
   mesh_shape: tuple[int, ...] = ()
   sharding: str = "auto"
@@ -93,6 +102,11 @@ class Config:
            "--num_epochs and --max_steps are both 0: nothing to train")
     for name in ("max_steps", "eval_every_steps", "max_ind_range", "synthetic_seed"):
       _check(getattr(self, name) >= 0, f"--{name}={getattr(self, name)}: must be >= 0")
+    _check(self.checkpoint_every_steps >= 0,
+           f"--checkpoint_every_steps={self.checkpoint_every_steps}: must be >= 0")
+    _check(self.keep_checkpoints >= 1, f"--keep_checkpoints={self.keep_checkpoints}: must be >= 1")
+    _check(self.split in ("train", "validation", "test"),
+           f"--split={self.split!r}: must be train, validation or test")
     _check(self.log_every_steps >= 1, f"--log_every_steps={self.log_every_steps}: must be >= 1")
     _check(self.min_frequency >= 1, f"--min_frequency={self.min_frequency}: must be >= 1")
     _check(self.synthetic_rows >= 1000,

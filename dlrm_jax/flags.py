@@ -16,7 +16,10 @@ _D = Config()  # defaults live in one place: the dataclass
 
 # Run.
 flags.DEFINE_string("workdir", _D.workdir, "Output directory: config.json, metrics.jsonl.")
-flags.DEFINE_enum("mode", _D.mode, MODES, "What to do: train (then evaluate).")
+flags.DEFINE_enum("mode", _D.mode, MODES,
+                  "train (resumes from --workdir's latest checkpoint, then evaluates); eval "
+                  "(--split of --checkpoint); predict (scores to a CSV); export (jax.export "
+                  "artifact).")
 flags.DEFINE_integer("seed", _D.seed, "Seed for initialisation and batch order.")
 # Data.
 flags.DEFINE_enum("dataset", _D.dataset, DATASETS,
@@ -60,6 +63,28 @@ flags.DEFINE_integer("eval_every_steps", _D.eval_every_steps,
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps,
                      "Log training loss and samples/s every N steps.")
 flags.DEFINE_bool("progress", _D.progress, "Show a progress bar.")
+# Checkpoints and use of saved models.
+flags.DEFINE_integer("checkpoint_every_steps", _D.checkpoint_every_steps,
+                     "Save a checkpoint to --workdir/checkpoints every N steps (also at the end, "
+                     "at each validation and on SIGTERM/SIGINT); 0 = at the end only.")
+flags.DEFINE_integer("keep_checkpoints", _D.keep_checkpoints,
+                     "Keep the last N checkpoints (the best by validation AUC is kept too).")
+flags.DEFINE_string("checkpoint", _D.checkpoint,
+                    "eval/predict/export: latest or best (of --workdir), a workdir, its "
+                    "checkpoints/ directory or checkpoints/STEP; empty = latest.")
+flags.DEFINE_string("split", _D.split, "eval/predict: preprocessed split to score "
+                    "(train, validation, test).")
+flags.DEFINE_string("predict_file", _D.predict_file,
+                    "predict: an unlabeled raw Criteo file (Kaggle test.txt) to score into a "
+                    "submission CSV instead of --split.")
+flags.DEFINE_string("predictions_file", _D.predictions_file,
+                    "predict: output CSV (Id,Predicted); empty = --workdir/predictions_SPLIT.csv "
+                    "or --workdir/submission.csv.")
+flags.DEFINE_integer("first_test_id", _D.first_test_id,
+                     "predict: Id of the first line of --predict_file (Kaggle: 60000000).")
+flags.DEFINE_string("export_dir", _D.export_dir,
+                    "export: directory for the serialized inference function; "
+                    "empty = --workdir/export.")
 # Sharding.
 flags.DEFINE_string("mesh_shape", ",".join(map(str, _D.mesh_shape)),
                     "N (1-D: every device trains the MLPs and owns tables) or DATA,MODEL; "

@@ -22,19 +22,50 @@ def write_config(workdir: str, config: Config) -> None:
 
 
 class MetricsLog:
-  """Appends one JSON object per line to workdir/metrics.jsonl (only on process 0)."""
+  """Appends one JSON object per line to workdir/metrics.jsonl (only on process 0).
 
-  def __init__(self, workdir: str, *, enabled: bool = True, fresh: bool = True):
+  ``resume_step=None`` starts a fresh file. A resumed run passes the restored
+  step: records of later steps (written after that checkpoint, then lost) are
+  dropped, so the file continues without duplicate steps. Evaluation records
+  are written once per (step, split) even if an evaluation is redone.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = enabled
-    if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      if fresh and os.path.exists(self.path):
+    self._evals: set[tuple[int, str]] = set()
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if resume_step is None:
+      if os.path.exists(self.path):
         os.remove(self.path)
+      return
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          try:
+            record = json.loads(line)
+          except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+          if isinstance(record, dict) and record.get("step", 0) <= resume_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+            if "split" in record:
+              self._evals.add((record["step"], record["split"]))
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
       return
+    if "split" in record:
+      key = (record["step"], record["split"])
+      if key in self._evals:
+        return
+      self._evals.add(key)
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in record.items()}
     with open(self.path, "a") as f:

@@ -1,8 +1,10 @@
-"""train_and_evaluate(config): the training loop and the wiring of all parts."""
+"""train_and_evaluate(config): the training loop, checkpoints, and the wiring of all parts."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import signal
 from typing import Any, Callable
 
 import jax
@@ -11,9 +13,12 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from dlrm_jax import checkpointing
 from dlrm_jax import mesh as mesh_lib
 from dlrm_jax import metrics as metrics_lib
 from dlrm_jax import reporting
+from dlrm_jax.faults import Preempted, TrainingDiverged
+from dlrm_jax.preemption import PreemptionGuard
 from dlrm_jax.config import Config
 from dlrm_jax.data.loader import BatchLoader, check_batch_ids, open_split
 from dlrm_jax.datasets import resolve_dataset
@@ -79,30 +84,103 @@ def evaluate(c: Components, state: TrainState, eval_step: Callable, processed_di
                                           np.concatenate(logits)[keep])
 
 
-def train_and_evaluate(config: Config) -> dict[str, Any]:
-  """Trains per ``config``, evaluates validation and test; returns the final metrics."""
+def abstract_train_state(c: Components) -> TrainState:
+  """Shapes and dtypes of the TrainState ``c`` would create; allocates nothing."""
+  return jax.eval_shape(
+      lambda key: create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, key),
+      jax.random.key(c.config.seed))
+
+
+def load_components(config: Config, *, progress: bool) -> tuple[Components, str, dict[str, Any]]:
+  """Mesh, dataset and the static parts of the model: (components, processed dir, metadata)."""
   mesh = mesh_lib.make_mesh(config.mesh_shape)
   config.validate(mesh.devices.size)
+  processed, meta = resolve_dataset(config, progress=progress)
+  c = build_components(config, mesh, meta["table_sizes"], meta["sparse_names"])
+  return c, processed, meta
+
+
+def identity_of(c: Components, meta: dict[str, Any]) -> dict[str, Any]:
+  return checkpointing.identity(c.config, meta["sparse_names"], c.table_sizes)
+
+
+def train_and_evaluate(config: Config) -> dict[str, Any]:
+  """Trains per ``config`` (resuming from --workdir's checkpoints), evaluates validation and test.
+
+  Raises Preempted after a signal (a checkpoint is saved first), TrainingDiverged
+  on a non-finite loss, CheckpointError on unusable checkpoints.
+  """
   is_chief = jax.process_index() == 0
   show = config.progress and is_chief
-  processed, meta = resolve_dataset(config, progress=show)
-  c = build_components(config, mesh, meta["table_sizes"], meta["sparse_names"])
+  c, processed, meta = load_components(config, progress=show)
+  mesh = c.mesh
   if is_chief:
     reporting.write_config(config.workdir, config)
     logging.info("mesh %s; embedding plan:\n%s", dict(mesh.shape),
                  plan_table(c.layout, c.sparse_opt.slot_floats_per_row(config.embedding_dim)))
-  log = reporting.MetricsLog(config.workdir, enabled=is_chief)
   best = meta.get("best_possible_auc")
-
   train_loader = BatchLoader(open_split(processed, "train"), config.batch_size, shuffle=True,
                              seed=config.seed, process_index=jax.process_index(),
                              process_count=jax.process_count())
   total_steps = config.max_steps or config.num_epochs * train_loader.batches_per_epoch
-  state = create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh,
-                             jax.random.key(config.seed))
-  abstract = jax.eval_shape(lambda s: s, state)
+
+  store = checkpointing.CheckpointStore(config.workdir, keep=config.keep_checkpoints)
+  try:
+    return _train(c, processed, best, train_loader, total_steps, store, identity_of(c, meta))
+  finally:
+    store.wait()  # an asynchronous save must be complete before the process exits
+    store.close()
+
+
+def _train(c: Components, processed: str, best: dict | None, train_loader: BatchLoader,
+           total_steps: int, store: checkpointing.CheckpointStore,
+           ident: dict[str, Any]) -> dict[str, Any]:
+  config, mesh = c.config, c.mesh
+  is_chief = jax.process_index() == 0
+  abstract = abstract_train_state(c)
+  # Load or initialise, never both.
+  restored = store.restore_latest_good(c.layout, abstract, mesh, ident, resume=True)
+  if restored is not None:
+    state, start = restored.state, restored.step
+    pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
+    logging.info("resuming from %s (step %d)", restored.path, start)
+    if is_chief and config.progress:
+      print(f"resuming from {restored.path} (step {start})", flush=True)
+  else:
+    state = create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh,
+                               jax.random.key(config.seed))
+    start, pending_losses = 0, []
+  last_good = start if restored is not None else None
+  log = reporting.MetricsLog(config.workdir, enabled=is_chief,
+                             resume_step=start if restored is not None else None)
   train_step = make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract)
   eval_step = make_eval_step(c.model, c.layout, mesh, abstract)
+  snapshot = checkpointing.make_snapshot(c.layout, abstract, mesh, config.seed)
+
+  def last_good_text() -> str:
+    if last_good is None:
+      return "no checkpoint was saved before it"
+    return f"the last good checkpoint is {store.step_path(last_good)} (step {last_good}), kept"
+
+  def diverged(step: int, what: str) -> TrainingDiverged:
+    if last_good is not None:
+      store.protect(last_good)
+    return TrainingDiverged(f"{what} at step {step}; {last_good_text()}. Lower "
+                            f"--learning_rate or check the input data, in a new --workdir.")
+
+  def save(step: int, validation: dict[str, float] | None = None) -> None:
+    nonlocal last_good
+    tree, finite = snapshot(state)
+    losses = [float(x) for x in jax.device_get(pending_losses)]
+    if not bool(finite) or not np.all(np.isfinite(losses)):
+      raise diverged(step, "non-finite values in the training state")
+    store.save(step, tree, {
+        "format": checkpointing.FORMAT, "step": step, "identity": ident, "finite": True,
+        "config": json.loads(config.to_json()), "pending_losses": losses,
+        "data_position": {"seed": config.seed, "batch_size": config.batch_size,
+                          "next_step": step},
+        "validation": validation}, auc=(validation or {}).get("auc"))
+    last_good = step
 
   def run_eval(split: str, step: int) -> dict[str, float]:
     result = evaluate(c, state, eval_step, processed, split)
@@ -114,29 +192,45 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     return result
 
   throughput = reporting.Throughput()
-  pending_losses = []
-  bar = reporting.progress_bar(total_steps, 0, config.batch_size, show, "train")
-  for step, batch in enumerate(train_loader.iterate(0, total_steps)):
-    check_batch_ids(batch["sparse"], c.table_sizes)
-    state, step_metrics = train_step(state, to_global(batch, mesh))
-    pending_losses.append(step_metrics["loss"])
-    throughput.add(config.batch_size)
-    bar.update(config.batch_size)
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == total_steps:
-      loss = float(np.mean(jax.device_get(pending_losses)))  # the only per-N-steps sync
-      pending_losses.clear()
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"non-finite training loss {loss} at step {done}; lower "
-                                 f"--learning_rate or check the input data")
-      rate = throughput.mark()
-      log.write({"step": done, "loss": loss, "samples_per_sec": rate})
-      bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-    if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
-      run_eval("validation", done)
+  bar = reporting.progress_bar(total_steps, start, config.batch_size,
+                               config.progress and is_chief, "train")
+  every = config.checkpoint_every_steps
+  with PreemptionGuard() as guard:
+    for step, batch in enumerate(train_loader.iterate(start, max(0, total_steps - start)), start):
+      check_batch_ids(batch["sparse"], c.table_sizes)
+      state, step_metrics = train_step(state, to_global(batch, mesh))
+      pending_losses.append(step_metrics["loss"])
+      throughput.add(config.batch_size)
+      bar.update(config.batch_size)
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == total_steps:
+        losses = np.asarray(jax.device_get(pending_losses))  # the only per-N-steps sync
+        if not np.all(np.isfinite(losses)):
+          first = done - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
+          raise diverged(first, f"non-finite training loss {losses[first - done - 1]}")
+        loss = float(np.mean(losses))
+        pending_losses.clear()
+        log.write({"step": done, "loss": loss, "samples_per_sec": throughput.mark()})
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+      validation = None
+      if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
+        validation = run_eval("validation", done)
+      if done < total_steps and (validation is not None or (every and done % every == 0)):
+        save(done, validation)
+      elif guard.requested and done < total_steps:
+        save(done)
+      if guard.requested and done < total_steps:
+        store.wait()
+        raise Preempted(f"stopped by {signal.Signals(guard.signum).name} at step {done} of "
+                        f"{total_steps}; checkpoint saved to {store.step_path(done)}. To resume, "
+                        f"run the same command again (same --workdir={config.workdir}).",
+                        guard.signum)
   bar.close()
-  results = {"validation": run_eval("validation", total_steps),
-             "test": run_eval("test", total_steps), "steps": total_steps}
+  validation = run_eval("validation", total_steps)
+  if start < total_steps:
+    save(total_steps, validation)
+  results = {"validation": validation, "test": run_eval("test", total_steps),
+             "steps": total_steps, "checkpoint": store.step_path(total_steps)}
   if best is not None:
     results["best_possible_auc"] = best
   return results
