@@ -119,7 +119,7 @@ def _pass1(
             if row + n > num_rows:
                 raise RuntimeError("raw files grew while being preprocessed")
             cat_t, missing_t = chunk.cat_t, chunk.missing_t
-            if max_ind_range > 0:
+            if 0 < max_ind_range < 2**32:  # larger ranges leave uint32 hashes unchanged
                 cat_t %= np.uint32(max_ind_range)
             dense = dense_transform(chunk.dense)
             label = chunk.label.astype(np.float32)
@@ -187,6 +187,11 @@ def preprocess_criteo(
     Output per split in ("train", "test", "validation"):
       {split}_dense.npy f32[N, 13], {split}_sparse.npy i32[N, 26], {split}_label.npy f32[N],
     plus vocab.npz and metadata.json (written last: its presence means finished).
+    Splits: see splits.split_ranges (the reference's 7 consecutive days; day 6 halved).
+    Dense: log(max(x, 0) + 1), missing -> 0. Sparse ids: per feature, the training
+    days' values (after % max_ind_range when > 0) with count >= min_frequency,
+    sorted, get ids 1..V; id 0 is missing, unseen in training, or rare; table size V + 1.
+    chunk_rows: about this many rows are parsed at a time (bounds memory).
     A finished directory made from the same files (path, size, mtime) and options
     is reused unless overwrite=True.
     """
