@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 
 from dlrm_jax.mesh import DATA_AXIS, MODEL_AXIS
-from dlrm_jax.planner import EmbeddingLayout
+from dlrm_jax.planner import PLANS as PLAN_NAMES, EmbeddingLayout
 
 
 class RoutedGradients(NamedTuple):
@@ -221,44 +221,143 @@ def route_gradients(layout: EmbeddingLayout, ids: jax.Array,
   return {name: _concat(parts) for name, parts in routed.items()}
 
 
-def _row_values(key: jax.Array, table: jax.Array, row: jax.Array, dim: int) -> jax.Array:
-  """U(-1, 1) values of one table row; depends only on (key, table, row), never on layout."""
-  return jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, table), row), (dim,),
-                            minval=-1.0, maxval=1.0)
+def _fmix32(h: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finaliser: a cheap, well-mixed bijection on uint32."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _row_values(seed: jax.Array, table: jax.Array, row: jax.Array, dim: int) -> jax.Array:
+  """U(-1, 1) values f32[n, dim] of rows; a function of (seed, table, row, column) only.
+
+  A counter-based hash rather than jax.random: initialising Kaggle's 34M rows
+  with per-row threefry keys took tens of seconds and several table-sized
+  temporaries; this is a few integer ops per value and never depends on layout.
+  """
+  h = _fmix32(table.astype(jnp.uint32) * jnp.uint32(0x9E3779B1) ^ seed[0])
+  h = _fmix32(h ^ (row.astype(jnp.uint32) * jnp.uint32(0x85EBCA6B) + seed[1]))
+  col = jnp.arange(dim, dtype=jnp.uint32) * jnp.uint32(0xC2B2AE35) + jnp.uint32(0x27D4EB2F)
+  bits = _fmix32(h[:, None] ^ col[None, :])
+  return (bits >> 8).astype(jnp.float32) * (2.0 / (1 << 24)) - 1.0
+
+
+# Rows initialised per loop iteration: bounds the temporaries to a few MiB.
+_INIT_CHUNK_ROWS = 1 << 16
+
+
+def _init_rows(layout: EmbeddingLayout, name: str, seed: jax.Array, r: jax.Array) -> jax.Array:
+  """Initial values f32[n, dim] of local rows ``r`` of this shard's buffer ``name``."""
+  k = lax.axis_index(MODEL_AXIS)
+  table = jnp.zeros(r.shape, jnp.int32)
+  row = jnp.zeros(r.shape, jnp.int32)
+  bound = jnp.zeros(r.shape, jnp.float32)
+  for t, p in enumerate(layout.placements):
+    if p.buffer != name:
+      continue
+    if p.plan == "table":
+      inside = (k == p.owner) & (r >= p.offset) & (r < p.offset + p.spec.rows)
+      i = r - p.offset
+    elif p.plan == "row":
+      i = k * p.chunk + r - p.offset
+      inside = (r >= p.offset) & (r < p.offset + p.chunk) & (i < p.spec.rows)
+    else:
+      inside = (r >= p.offset) & (r < p.offset + p.spec.rows)
+      i = r - p.offset
+    table = jnp.where(inside, t, table)
+    row = jnp.where(inside, i, row)
+    bound = jnp.where(inside, p.spec.init_bound, bound)
+  return _row_values(seed, table, row, layout.dim) * bound[:, None]
 
 
 def init_buffers(layout: EmbeddingLayout, key: jax.Array) -> dict[str, jax.Array]:
   """Per-device initial shards: row i of table t is U(-sqrt(1/rows_t), sqrt(1/rows_t)).
 
   Values are a function of (key, table, row) only, so every mesh and plan
-  starts from the same tables as a single device.
+  starts from the same tables as a single device. Filled in chunks so that
+  peak memory stays near the size of the tables themselves.
   """
   k = lax.axis_index(MODEL_AXIS)
   m, dim = layout.model_size, layout.dim
+  seed = jax.random.key_data(key).reshape(-1)[-2:].astype(jnp.uint32)
   out = {}
   for name, (total_rows, _) in layout.buffer_shapes().items():
     local_rows = total_rows // m if name == "sharded" else total_rows
-    r = jnp.arange(local_rows, dtype=jnp.int32)
-    table = jnp.zeros(local_rows, jnp.int32)
-    row = jnp.zeros(local_rows, jnp.int32)
-    bound = jnp.zeros(local_rows, jnp.float32)
-    for t, p in enumerate(layout.placements):
-      if p.buffer != name:
-        continue
-      if p.plan == "table":
-        inside = (k == p.owner) & (r >= p.offset) & (r < p.offset + p.spec.rows)
-        i = r - p.offset
-      elif p.plan == "row":
-        i = k * p.chunk + r - p.offset
-        inside = (r >= p.offset) & (r < p.offset + p.chunk) & (i < p.spec.rows)
-      else:
-        inside = (r >= p.offset) & (r < p.offset + p.spec.rows)
-        i = r - p.offset
-      table = jnp.where(inside, t, table)
-      row = jnp.where(inside, i, row)
-      bound = jnp.where(inside, p.spec.init_bound, bound)
-    values = jax.vmap(lambda t, i: _row_values(key, t, i, dim))(table, row) * bound[:, None]
+    chunk = min(_INIT_CHUNK_ROWS, local_rows)
+    num_chunks = -(-local_rows // chunk)
+
+    def fill(c, values, name=name, chunk=chunk, local_rows=local_rows):
+      # The last chunk is shifted back to end at the last row; rows it covers
+      # twice get the same values, since values depend on the row alone.
+      start = jnp.minimum(c * chunk, local_rows - chunk)
+      r = start + jnp.arange(chunk, dtype=jnp.int32)
+      return lax.dynamic_update_slice_in_dim(values, _init_rows(layout, name, seed, r), start, 0)
+
+    values = lax.fori_loop(0, num_chunks, fill, jnp.zeros((local_rows, dim), jnp.float32))
     if name == "column":
       values = lax.dynamic_slice_in_dim(values, k * (dim // m), dim // m, axis=1)
     out[name] = values
+  return out
+
+
+def logical_table(layout: EmbeddingLayout, buffers: dict[str, jax.Array | np.ndarray],
+                  index: int) -> np.ndarray:
+  """Host-side copy of table ``index`` as f32[rows, dim] (or its row-shaped slot).
+
+  ``buffers`` are the global fused arrays (``state.tables`` or one slot of
+  ``state.slots``, e.g. ``{n: s["accumulator"] for n, s in state.slots.items()}``);
+  they must be fully addressable (one process, or gathered first). For tests,
+  checkpoint export and notebooks, never the training path.
+  """
+  p = layout.placements[index]
+  full = np.asarray(jax.device_get(buffers[p.buffer]))
+  r = layout.rows_per_shard
+  if p.plan == "table":
+    start = p.owner * r + p.offset
+    return full[start:start + p.spec.rows]
+  if p.plan == "row":
+    parts = [full[k * r + p.offset:k * r + p.offset + min(p.chunk, p.spec.rows - k * p.chunk)]
+             for k in range(layout.model_size) if k * p.chunk < p.spec.rows]
+    return np.concatenate(parts, axis=0)
+  return full[p.offset:p.offset + p.spec.rows]
+
+
+def exchange_bytes(layout: EmbeddingLayout, data_size: int, batch_size: int,
+                   id_bytes: int = 4, value_bytes: int = 4) -> dict[str, int]:
+  """Bytes that all devices together send per training step, by phase.
+
+  Mirrors the collectives of ``lookup`` and ``route_gradients`` on a
+  (``data_size``, ``layout.model_size``) mesh with a global batch of
+  ``batch_size`` one-hot examples: an all_gather / all_to_all / psum_scatter
+  over an axis of size n sends (n - 1) / n of its per-device input from each
+  device (ring algorithms). ``minimum`` is the bytes of the embedding rows the
+  batch needs, B * T * dim, each sent once.
+  """
+  m, d, dim = layout.model_size, data_size, layout.dim
+  devices = m * d
+  b = batch_size // devices
+  counts = {plan: len(layout.features(plan)) for plan in PLAN_NAMES}
+  s = max(layout.table_slots, 1) if counts["table"] else 0
+  out = {"ids": 0, "forward": 0, "backward": 0, "backward_data": 0}
+  if any(counts[p] for p in ("table", "row", "column")):
+    # ids all_gather over model, once forward and once backward.
+    out["ids"] = 2 * devices * (m - 1) * b * len(layout.placements) * id_bytes
+  per_row = dim * value_bytes
+  # Forward: table-wise all_to_all of [b*m, S, D]; row-wise psum_scatter of
+  # [b*m, Tr, D]; column-wise all_to_all of [b*m, Tc, D/m].
+  out["forward"] = devices * (m - 1) * b * per_row * (s + counts["row"] + counts["column"] / m)
+  # Backward over model: the reverse all_to_alls, the row-wise all_gather of
+  # [b, Tr, D] and the replicated all_gather of [b, Tp, D].
+  out["backward"] = devices * (m - 1) * b * per_row * (
+      s + counts["row"] + counts["column"] / m + counts["replicated"])
+  # Backward over data: every data replica applies the global update, so the
+  # routed (row, grad, valid) triples are all-gathered over data.
+  routed_rows = b * m * (s + counts["row"]) * (per_row + id_bytes + 1)
+  routed_rows += b * m * counts["column"] * (per_row // m + id_bytes + 1)
+  routed_rows += b * m * counts["replicated"] * (per_row + id_bytes + 1)
+  out["backward_data"] = devices * (d - 1) * routed_rows
+  out["total"] = sum(out.values())
+  out["minimum"] = batch_size * len(layout.placements) * per_row
   return out

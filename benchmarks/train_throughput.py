@@ -1,0 +1,127 @@
+"""Train-step throughput of the Criteo-Kaggle-size DLRM on random ids.
+
+python benchmarks/train_throughput.py [--batch_sizes=128,2048] [--steps=30]
+
+Prints, per batch size: samples/s (median over timed windows), the model's
+GFLOP/s against a same-process XLA matmul's GFLOP/s, and peak RSS against
+the bytes of tables + optimizer state + dense parameters.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, NUM_DENSE, SPARSE_NAMES
+from dlrm_jax.interaction import interaction_width
+from dlrm_jax.mesh import make_mesh, model_size
+from dlrm_jax.model import DenseModel
+from dlrm_jax.planner import build_layout, choose_plans
+from dlrm_jax.sparse_optim import SparseOptimizer
+from dlrm_jax.specs import table_specs
+from dlrm_jax.train_state import create_train_state, dense_optimizer
+from dlrm_jax.train_step import batch_shardings, make_train_step
+
+flags.DEFINE_list("batch_sizes", ["128", "2048"], "Global batch sizes to measure.")
+flags.DEFINE_integer("steps", 30, "Timed steps per window.")
+flags.DEFINE_integer("windows", 5, "Timed windows per batch size (the median is reported).")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adagrad", "rowwise_adagrad"], "Table optimizer.")
+flags.DEFINE_integer("embedding_dim", 16, "Embedding width.")
+FLAGS = flags.FLAGS
+
+BOTTOM, TOP = (512, 256, 64, 16), (512, 256, 1)
+
+
+def mlp_macs(widths_in: int, widths) -> int:
+  macs, prev = 0, widths_in
+  for w in widths:
+    macs += prev * w
+    prev = w
+  return macs
+
+
+def model_flops_per_sample(dim: int, num_tables: int) -> float:
+  """Forward + backward (3x forward) FLOPs of the MLPs and the dot interaction."""
+  f = num_tables + 1
+  forward_macs = (mlp_macs(NUM_DENSE, BOTTOM) + mlp_macs(interaction_width("dot", num_tables, dim), TOP)
+                  + f * f * dim)
+  return 3 * 2 * forward_macs
+
+
+def matmul_gflops(n=2048, k=512, m=512, reps=20) -> float:
+  a = jnp.ones((n, k), jnp.float32)
+  b = jnp.ones((k, m), jnp.float32)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n * k * m / statistics.median(times) / 1e9
+
+
+def peak_rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def main(argv):
+  del argv
+  dim = FLAGS.embedding_dim
+  mesh = make_mesh()
+  specs = table_specs(list(SPARSE_NAMES), list(KAGGLE_TABLE_SIZES), dim)
+  m = model_size(mesh)
+  layout = build_layout(specs, choose_plans(specs, m), m)
+  model = DenseModel(BOTTOM, TOP, "dot")
+  sparse_opt = SparseOptimizer(FLAGS.optimizer, 0.1)
+  tx = dense_optimizer(FLAGS.optimizer, 0.1)
+  t0 = time.perf_counter()
+  state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  abstract = jax.eval_shape(lambda s: s, state)
+  step = make_train_step(model, layout, sparse_opt, tx, mesh, abstract)
+  flops = model_flops_per_sample(dim, len(specs))
+  print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; tables: {len(specs)} "
+        f"Kaggle sizes, {sum(s.rows for s in specs):,} rows, dim {dim}; optimizer {FLAGS.optimizer}")
+  print(f"state: {state_bytes / 2**30:.2f} GiB (tables + optimizer state + dense params); "
+        f"initialised in {init_s:.1f} s; model {flops / 1e6:.2f} MFLOP/sample (fwd+bwd)")
+  rng = np.random.default_rng(0)
+  rows = []
+  for batch_size in map(int, FLAGS.batch_sizes):
+    def batch():
+      b = {"dense": rng.random((batch_size, NUM_DENSE), np.float32),
+           "sparse": np.stack([rng.integers(0, s.rows, batch_size) for s in specs], 1).astype(np.int32),
+           "label": rng.integers(0, 2, batch_size).astype(np.float32),
+           "mask": np.ones(batch_size, np.float32)}
+      return jax.device_put(b, batch_shardings(mesh))
+    batches = [batch() for _ in range(8)]
+    state, out = step(state, batches[0])  # compile
+    out["loss"].block_until_ready()
+    rates = []
+    for _ in range(FLAGS.windows):
+      t = time.perf_counter()
+      for i in range(FLAGS.steps):
+        state, out = step(state, batches[i % len(batches)])
+      out["loss"].block_until_ready()
+      rates.append(FLAGS.steps * batch_size / (time.perf_counter() - t))
+    rate = statistics.median(rates)
+    mm = matmul_gflops()
+    model_gflops = rate * flops / 1e9
+    rows.append((batch_size, rate, model_gflops, mm))
+  rss = peak_rss_bytes()
+  print(f"{'batch':>6} {'samples/s':>10} {'model GFLOP/s':>14} {'matmul GFLOP/s':>15} {'ratio':>6}")
+  for batch_size, rate, model_gflops, mm in rows:
+    print(f"{batch_size:>6} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {model_gflops / mm:>6.2f}")
+  print(f"peak RSS {rss / 2**30:.2f} GiB = {rss / state_bytes:.2f} x state ({state_bytes / 2**30:.2f} GiB)")
+
+
+if __name__ == "__main__":
+  app.run(main)
