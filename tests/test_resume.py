@@ -1,0 +1,157 @@
+"""Fault tolerance end to end: kill and resume, SIGTERM, NaN stop, damaged checkpoints, mismatch."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Checkpoint every 10 steps, validate at 20 and 40 (tiny.flags), one device.
+ARGS = ("--checkpoint_every_steps=10", "--keep_checkpoints=2")
+
+
+def command(work, data, *args):
+  return [sys.executable, str(REPO / "main.py"), f"--flagfile={REPO}/experiments/tiny.flags",
+          f"--workdir={work}", f"--data_dir={data}", "--noprogress", *ARGS, *args]
+
+
+def env(devices=1):
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["JAX_PLATFORMS"] = "cpu"
+  return e
+
+
+def run(work, data, *args, timeout=240):
+  return subprocess.run(command(work, data, *args), cwd=REPO, env=env(), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def read_state(step_dir) -> dict[str, np.ndarray]:
+  """Every saved array of one checkpoint, by path, as NumPy (no target mesh needed)."""
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.restore(os.path.join(step_dir, "state"))
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def assert_bitwise_equal(a: dict, b: dict):
+  assert a.keys() == b.keys()
+  for k in a:
+    assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+    assert a[k].tobytes() == b[k].tobytes(), f"{k} differs"
+
+
+def metrics(work):
+  return [json.loads(line) for line in (Path(work) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data):
+  """An uninterrupted 40-step run."""
+  work = tmp_path_factory.mktemp("reference") / "work"
+  proc = run(work, data)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return work
+
+
+def wait_for(path: Path, proc, timeout=180):
+  start = time.time()
+  while not path.exists():
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() - start < timeout, f"{path} never appeared"
+    time.sleep(0.05)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data, reference):
+  work = tmp_path / "work"
+  proc = subprocess.Popen(command(work, data), cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  wait_for(work / "checkpoints" / "10", proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (work / "checkpoints" / "40").exists(), "killed too late to test anything"
+  resumed = run(work, data)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from" in resumed.stderr + resumed.stdout
+  assert_bitwise_equal(read_state(work / "checkpoints" / "40"),
+                       read_state(reference / "checkpoints" / "40"))
+  # metrics.jsonl continues without duplicates, with the uninterrupted run's numbers.
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "samples_per_sec"} for r in rs]
+  assert strip(metrics(work)) == strip(metrics(reference))
+
+
+def test_sigterm_saves_at_step_boundary_and_says_how_to_resume(tmp_path, data):
+  work = tmp_path / "work"
+  proc = subprocess.Popen(command(work, data, "--max_steps=400"), cwd=REPO, env=env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  wait_for(work / "checkpoints" / "10", proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+  assert "To resume, run the same command again" in err
+  saved = max(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+  assert 10 <= saved < 400
+  assert f"at step {saved} of 400" in err
+  assert (work / "checkpoints" / str(saved) / "state").is_dir()
+
+
+def test_nan_loss_stops_naming_step_and_keeps_last_good(tmp_path, data):
+  work = tmp_path / "work"
+  args = ("--learning_rate=100", "--checkpoint_every_steps=2", "--keep_checkpoints=1",
+          "--log_every_steps=1")
+  proc = run(work, data, *args)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  err = proc.stderr
+  assert "non-finite training loss nan at step" in err
+  good = json.loads((work / "protected_checkpoints.json").read_text())
+  assert len(good) == 1
+  assert f"last good checkpoint is {work}/checkpoints/{good[0]} (step {good[0]})" in err
+  steps = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps[-1] == good[0]  # nothing non-finite was saved after it
+  state = read_state(work / "checkpoints" / str(good[0]))
+  assert all(np.all(np.isfinite(v)) for v in state.values() if v.dtype.kind == "f")
+
+
+def test_truncated_and_half_written_checkpoints_fall_back(tmp_path, data, reference):
+  work = tmp_path / "work"
+  shutil.copytree(reference, work)
+  files = [p for p in (work / "checkpoints" / "40" / "state").rglob("*") if p.is_file()]
+  biggest = max(files, key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+  (work / "checkpoints" / "50.orbax-checkpoint-tmp-1234").mkdir()
+  proc = run(work, data)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"checkpoint {work}/checkpoints/40 is damaged" in proc.stderr
+  assert "50.orbax-checkpoint-tmp-1234 was left half-written" in proc.stderr
+  assert f"resuming from {work}/checkpoints/30" in proc.stderr + proc.stdout
+  assert (work / "checkpoints_damaged" / "40").is_dir()
+  assert_bitwise_equal(read_state(work / "checkpoints" / "40"),
+                       read_state(reference / "checkpoints" / "40"))
+
+
+def test_other_configuration_is_refused_listing_fields(tmp_path, data, reference):
+  work = tmp_path / "work"
+  shutil.copytree(reference, work)
+  proc = run(work, data, "--embedding_dim=16", "--bottom_mlp=32,16")
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert "saved with a different configuration" in proc.stderr
+  assert "embedding_dim: checkpoint 8, now 16" in proc.stderr
+  assert "bottom_mlp: checkpoint [32, 8], now [32, 16]" in proc.stderr
+  assert "top_mlp" not in proc.stderr
+  assert sorted(os.listdir(work / "checkpoints")) == sorted(os.listdir(reference / "checkpoints"))
