@@ -1,4 +1,4 @@
-"""Orbax checkpoints of logical tables: save, verify, restore onto any mesh, fall back past damage."""
+"""Orbax checkpoints of logical tables: save, verify, restore on any mesh, skip damaged ones."""
 
 from __future__ import annotations
 

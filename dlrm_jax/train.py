@@ -215,11 +215,17 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
       validation = None
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
         validation = run_eval("validation", done)
+      stop = guard.requested
+      if jax.process_count() > 1:
+        # Every process must take part in the save: agree on a signal that may
+        # have reached only some of them, at log boundaries to keep syncs rare.
+        stop = done % config.log_every_steps == 0 and bool(np.any(
+            multihost_utils.process_allgather(np.int32(guard.requested))))
       if done < total_steps and (validation is not None or (every and done % every == 0)):
         save(done, validation)
-      elif guard.requested and done < total_steps:
+      elif stop and done < total_steps:
         save(done)
-      if guard.requested and done < total_steps:
+      if stop and done < total_steps:
         store.wait()
         raise Preempted(f"stopped by {signal.Signals(guard.signum).name} at step {done} of "
                         f"{total_steps}; checkpoint saved to {store.step_path(done)}. To resume, "

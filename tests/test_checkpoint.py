@@ -1,4 +1,4 @@
-"""Checkpoint round trips: a table-wise 8-device checkpoint restores on 1 device and row-wise on 4."""
+"""Checkpoint round trips: 8 devices table-wise -> 1 device, 4 row-wise, 8 column-wise."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""--mode=eval, predict and export on a tiny run's checkpoints; the export loads without dlrm_jax."""
+"""--mode=eval, predict and export on a tiny run; the export loads without dlrm_jax."""
 
 import json
 import os
