@@ -33,9 +33,9 @@ TARGET_POSITIVE_RATE = 0.25
 TARGET_AUC = 0.80
 # Ids expected fewer than this many times per million rows carry proportionally less signal
 # (linearly in the count), so rare ids add little variance a model could not learn.
-_FULL_SIGNAL_PER_MILLION = 4000.0
+_FULL_SIGNAL_PER_MILLION = 10000.0
 # Bump when the generated rows change for a given (num_rows, seed); cached files are then rebuilt.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _PAIR_DIM = 4
 _CHUNK_ROWS = 1 << 18
 _CALIBRATION_ROWS = 1 << 17
