@@ -75,9 +75,10 @@ class EmbeddingLayout:
     return {k: v for k, v in shapes.items() if v[0] > 0}
 
   def shard_bytes(self, slot_floats_per_row: int = 0) -> list[int]:
-    """Bytes of tables (+ optimizer slots) that each model shard holds."""
+    """Bytes of tables (+ optimizer slots) that each model shard allocates."""
     per_row = 4 * (self.dim + slot_floats_per_row)
-    col_row = 4 * (self.dim // self.model_size + slot_floats_per_row)
+    col_row = 4 * (self.dim // self.model_size
+                   + _column_slot(slot_floats_per_row, self.dim, self.model_size))
     return [self.rows_per_shard * per_row + self.column_rows * col_row
             + self.replicated_rows * per_row] * self.model_size
 
@@ -91,23 +92,70 @@ class EmbeddingLayout:
     if p.plan == "row":
       return [min(p.chunk, max(0, p.spec.rows - k * p.chunk)) * row_bytes for k in range(m)]
     if p.plan == "column":
-      return [p.spec.rows * 4 * (p.spec.dim // m + slot_floats_per_row)] * m
+      return [p.spec.rows * 4 * (p.spec.dim // m
+                                 + _column_slot(slot_floats_per_row, p.spec.dim, m))] * m
     return [p.spec.rows * row_bytes] * m
+
+
+def _column_slot(slot_floats_per_row: int, dim: int, model_size: int) -> int:
+  # Adagrad's accumulator is table-shaped and split by columns with it; the
+  # row-wise accumulator (one float per row) is kept whole on every shard.
+  return slot_floats_per_row // model_size if slot_floats_per_row == dim else slot_floats_per_row
 
 
 def _ceil_div(a: int, b: int) -> int:
   return -(-a // b)
 
 
-def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = "auto",
-                 overrides: Mapping[str, str] | None = None) -> list[str]:
-  """One plan per table: forced by ``default`` unless 'auto', then ``overrides``.
+def _row_bytes(spec: TableSpec, slot_floats_per_row: int) -> int:
+  return 4 * (spec.dim + slot_floats_per_row)
 
-  'auto' keeps whole tables on one shard (table-wise, the paper's scheme)
-  unless a table alone exceeds an even share of all table bytes, in which case
-  splitting its rows (row-wise) is what lets the largest per-device load shrink.
+
+class _Loads:
+  """Per-model-shard bytes (tables + optimizer slots) and lookups per example.
+
+  Table-wise tables go to the shard whose load, normalised by the even share
+  of bytes and of lookups, is least after adding the table: balancing bytes
+  bounds the largest per-device memory, balancing lookups bounds the table
+  slots per shard, which sizes the table-wise all_to_all.
   """
-  overrides = dict(overrides or {})
+
+  def __init__(self, model_size: int, byte_share: float, lookup_share: float):
+    self.bytes = [0] * model_size
+    self.lookups = [0.0] * model_size
+    self.count = [0] * model_size
+    self._byte_share = max(byte_share, 1.0)
+    self._lookup_share = max(lookup_share, 1e-9)
+
+  def best_owner(self, nbytes: int, lookups: float) -> int:
+    def score(k: int) -> tuple[float, int, int]:
+      return ((self.bytes[k] + nbytes) / self._byte_share
+              + (self.lookups[k] + lookups) / self._lookup_share, self.count[k], k)
+    return min(range(len(self.bytes)), key=score)
+
+  def add_table(self, owner: int, nbytes: int, lookups: float) -> None:
+    self.bytes[owner] += nbytes
+    self.lookups[owner] += lookups
+    self.count[owner] += 1
+
+  def add_everywhere(self, nbytes: int, lookups: float) -> None:
+    for k in range(len(self.bytes)):
+      self.bytes[k] += nbytes
+      self.lookups[k] += lookups
+
+
+def _spread_bytes(spec: TableSpec, plan: str, model_size: int, slot_floats_per_row: int) -> int:
+  """Bytes per shard of a table whose plan puts a share of it on every shard."""
+  if plan == "row":
+    return _ceil_div(spec.rows, model_size) * _row_bytes(spec, slot_floats_per_row)
+  if plan == "column":
+    return spec.rows * 4 * (spec.dim // model_size
+                            + _column_slot(slot_floats_per_row, spec.dim, model_size))
+  return spec.rows * _row_bytes(spec, slot_floats_per_row)
+
+
+def _check_overrides(specs: Sequence[TableSpec], default: str,
+                     overrides: Mapping[str, str]) -> None:
   names = {s.name for s in specs}
   for name, plan in overrides.items():
     if name not in names:
@@ -117,35 +165,100 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
       raise ValueError(f"--table_sharding={name}:{plan}: plan must be one of {', '.join(PLANS)}")
   if default != "auto" and default not in PLANS:
     raise ValueError(f"--sharding={default!r}: must be auto or one of {', '.join(PLANS)}")
-  even_share = sum(s.bytes for s in specs) / model_size
-  plans = []
-  for s in specs:
-    if s.name in overrides:
-      plans.append(overrides[s.name])
-    elif default != "auto":
-      plans.append(default)
-    else:
-      plans.append("row" if model_size > 1 and s.bytes > even_share else "table")
+
+
+def _refuse(need: int, device_memory_bytes: int, what: str) -> ValueError:
+  return ValueError(
+      f"{what} needs {need / 2**30:.3f} GiB of tables and optimizer state on the fullest "
+      f"device but --device_memory_gb allows {device_memory_bytes / 2**30:.3f} GiB; use more "
+      f"model shards (--mesh_shape), row-wise sharding (--sharding=row or "
+      f"--table_sharding=NAME:row), a smaller --embedding_dim, or --max_ind_range")
+
+
+def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = "auto",
+                 overrides: Mapping[str, str] | None = None, slot_floats_per_row: int = 0,
+                 device_memory_bytes: int | None = None,
+                 lookups: Sequence[float] | None = None, slack: float = 0.05,
+                 small_share: float = 0.1) -> list[str]:
+  """One plan per table: ``overrides`` first, then ``default`` unless 'auto'.
+
+  'auto' visits the remaining tables largest first. A table stays whole on one
+  shard (table-wise: one all_to_all, the paper's scheme) if that keeps the
+  fullest shard within ``1 + slack`` of an even share of all bytes (tables +
+  optimizer slots), or it is under ``small_share`` of that even share, and it
+  fits in ``device_memory_bytes``; otherwise its rows are
+  split over every shard (row-wise), which lowers the largest per-device load
+  at the price of a reduce-scatter. ``lookups[t]`` is table t's ids per
+  example (1 for one-hot), balanced as the second load. Column-wise and
+  replicated are never chosen automatically: column-wise moves as much as
+  table-wise but updates every shard, and replicated costs memory on every
+  device plus a gradient all-gather; force them per table when wanted.
+  Raises ValueError naming the flags to change when no plan fits.
+  """
+  overrides = dict(overrides or {})
+  _check_overrides(specs, default, overrides)
+  lookups = list(lookups) if lookups is not None else [1.0] * len(specs)
+  plans: list[str | None] = [overrides.get(s.name) or (None if default == "auto" else default)
+                             for s in specs]
   for s, plan in zip(specs, plans):
     if plan == "column" and s.dim % model_size:
       raise ValueError(f"table {s.name}: column-wise sharding needs embedding_dim ({s.dim}) "
                        f"divisible by the model axis size ({model_size}); "
                        f"change --sharding/--table_sharding or --mesh_shape")
+  total = sum(s.rows * _row_bytes(s, slot_floats_per_row) for s in specs)
+  loads = _Loads(model_size, total / model_size, sum(lookups) / model_size)
+  for i, (s, plan) in enumerate(zip(specs, plans)):
+    if plan in ("row", "column", "replicated"):
+      loads.add_everywhere(_spread_bytes(s, plan, model_size, slot_floats_per_row), lookups[i])
+  order = sorted(range(len(specs)), key=lambda i: (-specs[i].rows, i))
+  for i in order:
+    if plans[i] == "table":
+      nbytes = specs[i].rows * _row_bytes(specs[i], slot_floats_per_row)
+      loads.add_table(loads.best_owner(nbytes, lookups[i]), nbytes, lookups[i])
+  limit = device_memory_bytes if device_memory_bytes is not None else float("inf")
+  auto = [i for i in order if plans[i] is None]
+  remaining = sum(specs[i].rows * _row_bytes(specs[i], slot_floats_per_row) for i in auto)
+  for i in auto:
+    s = specs[i]
+    nbytes = s.rows * _row_bytes(s, slot_floats_per_row)
+    # The even share of what is placed plus what is left: forced plans can
+    # make it exceed total / model_size, and row-wise choices never change it.
+    target = (sum(loads.bytes) + remaining) / model_size * (1 + slack)
+    remaining -= nbytes
+    owner = loads.best_owner(nbytes, lookups[i])
+    whole = loads.bytes[owner] + nbytes
+    balanced = whole <= max(target, max(loads.bytes))
+    # Splitting a small table saves little memory but multiplies its exchange
+    # by the model size (every shard reduce-scatters zeros for it).
+    small = nbytes <= small_share * total / model_size
+    if model_size == 1 or ((balanced or small) and whole <= limit):
+      plans[i] = "table"
+      loads.add_table(owner, nbytes, lookups[i])
+    else:
+      plans[i] = "row"
+      loads.add_everywhere(_spread_bytes(s, "row", model_size, slot_floats_per_row), lookups[i])
+  if device_memory_bytes is not None and max(loads.bytes) > device_memory_bytes:
+    raise _refuse(max(loads.bytes), device_memory_bytes, "the embedding plan")
   return plans
 
 
 def build_layout(specs: Sequence[TableSpec], plans: Sequence[str], model_size: int,
                  *, device_memory_bytes: int | None = None,
-                 slot_floats_per_row: int = 0) -> EmbeddingLayout:
-  """Places tables given their plans; balances table-wise tables greedily.
+                 slot_floats_per_row: int = 0,
+                 lookups: Sequence[float] | None = None) -> EmbeddingLayout:
+  """Places tables given their plans.
 
-  Table-wise tables go, largest first, to the shard with the least load (bytes,
-  then table count, which is the lookup volume in one-hot DLRM). Raises
-  ValueError if a shard would exceed ``device_memory_bytes``.
+  Table-wise tables go, largest first, to the shard with the least load after
+  adding them (bytes and lookups, as ``choose_plans`` simulated, so both agree).
+  Raises ValueError naming --device_memory_gb and --mesh_shape if the fullest
+  shard would exceed ``device_memory_bytes``.
   """
   if len({s.dim for s in specs}) > 1:
     raise ValueError("all tables must have the same embedding_dim")
   dim = specs[0].dim
+  lookups = list(lookups) if lookups is not None else [1.0] * len(specs)
+  total = sum(s.rows * _row_bytes(s, slot_floats_per_row) for s in specs)
+  loads = _Loads(model_size, total / model_size, sum(lookups) / model_size)
   placements: list[TablePlacement | None] = [None] * len(specs)
   offset = 0
   for i, (s, plan) in enumerate(zip(specs, plans)):
@@ -153,17 +266,17 @@ def build_layout(specs: Sequence[TableSpec], plans: Sequence[str], model_size: i
       chunk = _ceil_div(s.rows, model_size)
       placements[i] = TablePlacement(s, "row", offset=offset, chunk=chunk)
       offset += chunk
-  load = [0] * model_size
-  count = [0] * model_size
+    if plan in ("row", "column", "replicated"):
+      loads.add_everywhere(_spread_bytes(s, plan, model_size, slot_floats_per_row), lookups[i])
   local_rows = [offset] * model_size
   table_wise = sorted((i for i, p in enumerate(plans) if p == "table"),
                       key=lambda i: (-specs[i].rows, i))
   for i in table_wise:
-    owner = min(range(model_size), key=lambda k: (load[k], count[k], k))
+    nbytes = specs[i].rows * _row_bytes(specs[i], slot_floats_per_row)
+    owner = loads.best_owner(nbytes, lookups[i])
     placements[i] = TablePlacement(specs[i], "table", offset=local_rows[owner], owner=owner,
-                                   slot=count[owner])
-    load[owner] += specs[i].rows
-    count[owner] += 1
+                                   slot=loads.count[owner])
+    loads.add_table(owner, nbytes, lookups[i])
     local_rows[owner] += specs[i].rows
   flat_offsets = {"column": 0, "replicated": 0}
   for i, (s, plan) in enumerate(zip(specs, plans)):
@@ -173,26 +286,28 @@ def build_layout(specs: Sequence[TableSpec], plans: Sequence[str], model_size: i
   layout = EmbeddingLayout(
       placements=tuple(placements), model_size=model_size, dim=dim,
       rows_per_shard=max(local_rows), column_rows=flat_offsets["column"],
-      replicated_rows=flat_offsets["replicated"], table_slots=max(count))
+      replicated_rows=flat_offsets["replicated"], table_slots=max(loads.count))
   if device_memory_bytes is not None:
     need = max(layout.shard_bytes(slot_floats_per_row))
     if need > device_memory_bytes:
-      raise ValueError(
-          f"the embedding plan needs {need / 2**30:.2f} GiB of tables and optimizer state per "
-          f"device but --device_memory_gb allows {device_memory_bytes / 2**30:.2f} GiB; use more "
-          f"model shards (--mesh_shape), row-wise sharding, or --max_ind_range")
+      raise _refuse(need, device_memory_bytes, "the embedding plan (buffers as allocated)")
   return layout
 
 
+def plan_layout(specs: Sequence[TableSpec], model_size: int, *, default: str = "auto",
+                overrides: Mapping[str, str] | None = None, slot_floats_per_row: int = 0,
+                device_memory_bytes: int | None = None,
+                lookups: Sequence[float] | None = None) -> EmbeddingLayout:
+  """``choose_plans`` then ``build_layout``: the planner's whole decision."""
+  plans = choose_plans(specs, model_size, default=default, overrides=overrides,
+                       slot_floats_per_row=slot_floats_per_row,
+                       device_memory_bytes=device_memory_bytes, lookups=lookups)
+  return build_layout(specs, plans, model_size, device_memory_bytes=device_memory_bytes,
+                      slot_floats_per_row=slot_floats_per_row, lookups=lookups)
+
+
 def plan_table(layout: EmbeddingLayout, slot_floats_per_row: int = 0) -> str:
-  """A human-readable table: table, rows, plan, devices, bytes per device."""
-
-  def fmt(b: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-      if b < 1024 or unit == "GiB":
-        return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
-      b /= 1024
-
+  """The start-up plan table: table, rows, plan, devices, bytes per device, totals."""
   lines = [f"{'table':<8} {'rows':>10} {'plan':<10} {'devices':<12} {'bytes/device':>12}"]
   for i, p in enumerate(layout.placements):
     per_dev = layout.table_bytes_per_device(i, slot_floats_per_row)
@@ -200,9 +315,21 @@ def plan_table(layout: EmbeddingLayout, slot_floats_per_row: int = 0) -> str:
     where = (f"{devs[0]}" if len(devs) == 1 else
              "all" if len(devs) == layout.model_size else ",".join(map(str, devs)))
     lines.append(f"{p.spec.name:<8} {p.spec.rows:>10} {p.plan:<10} {where:<12} "
-                 f"{fmt(max(per_dev)):>12}")
+                 f"{format_bytes(max(per_dev)):>12}")
   totals = [sum(layout.table_bytes_per_device(i, slot_floats_per_row)[k]
                 for i in range(len(layout.placements))) for k in range(layout.model_size)]
-  lines.append("total per model shard: " + ", ".join(f"{k}: {fmt(t)}" for k, t in enumerate(totals)))
-  lines.append(f"(tables are replicated over the data axis; buffer padding excluded)")
+  lines.append("total bytes per model shard: "
+               + ", ".join(f"{k}: {format_bytes(t)}" for k, t in enumerate(totals)))
+  mean = sum(totals) / len(totals)
+  lines.append(f"max {format_bytes(max(totals))}, max/mean {max(totals) / max(mean, 1):.3f}; "
+               f"allocated with padding {format_bytes(layout.shard_bytes(slot_floats_per_row)[0])}"
+               f" per shard (tables + optimizer slots; replicated over the data axis)")
   return "\n".join(lines)
+
+
+def format_bytes(b: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if b < 1024 or unit == "GiB":
+      return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+    b /= 1024
+  return f"{b:.1f} GiB"
