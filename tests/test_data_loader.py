@@ -62,7 +62,9 @@ def test_epochs_are_permutations_without_repeats():
 def test_process_slices_partition_the_global_batch(shuffle):
     arrays, bs, count = indexed_arrays(1000), 64, 4
     whole = BatchLoader(arrays, bs, shuffle=shuffle, seed=5)
-    parts = [BatchLoader(arrays, bs, shuffle=shuffle, seed=5, process_index=i, process_count=count) for i in range(count)]
+    parts = [
+        BatchLoader(arrays, bs, shuffle=shuffle, seed=5, process_index=i, process_count=count) for i in range(count)
+    ]
     for step in (0, 7, whole.batches_per_epoch - 1):
         local = [p.get_batch(step) for p in parts]
         assert all(b["label"].shape == (bs // count,) for b in local)

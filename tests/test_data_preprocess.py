@@ -55,7 +55,8 @@ def slow_reference(lines: list[str], max_ind_range: int = 0, min_frequency: int 
                 v = raw_cat(r[14 + t])
                 if v is not None:
                     counts[t][v] += 1
-    vocab = [{v: k + 1 for k, v in enumerate(sorted(v for v, c in cnt.items() if c >= min_frequency))} for cnt in counts]
+    kept = [sorted(v for v, c in cnt.items() if c >= min_frequency) for cnt in counts]
+    vocab = [{v: k + 1 for k, v in enumerate(values)} for values in kept]
     out = {s: ([], [], []) for s in ("train", "test", "validation")}
     for i, r in enumerate(rows):
         s = split_of.get(i, "train")
@@ -67,8 +68,10 @@ def slow_reference(lines: list[str], max_ind_range: int = 0, min_frequency: int 
         out[s][0].append(dense)
         out[s][1].append(ids)
         out[s][2].append(float(r[0]))
-    arrays = {s: (np.array(d, np.float32).reshape(-1, 13), np.array(x, np.int32).reshape(-1, 26), np.array(y, np.float32))
-              for s, (d, x, y) in out.items()}
+    arrays = {
+        s: (np.array(d, np.float32).reshape(-1, 13), np.array(x, np.int32).reshape(-1, 26), np.array(y, np.float32))
+        for s, (d, x, y) in out.items()
+    }
     return {"splits": arrays, "table_sizes": [len(v) + 1 for v in vocab]}
 
 

@@ -239,7 +239,8 @@ def generate_criteo_tsv(path: str, num_rows: int, seed: int = 0, num_days: int =
         best_logloss[split] = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps))) if hi > lo else None
         positive_rate[split] = float(y.mean()) if hi > lo else None
     meta = {
-        "generator": "dlrm_jax.data.synthetic", "generator_version": GENERATOR_VERSION, "seed": seed, "num_rows": num_rows, "num_days": num_days,
+        "generator": "dlrm_jax.data.synthetic", "generator_version": GENERATOR_VERSION,
+        "seed": seed, "num_rows": num_rows, "num_days": num_days,
         "vocab_sizes": list(VOCAB_SIZES), "zipf_exponents": teacher.zipf.round(4).tolist(),
         "pairs": [list(p) for p in PAIRS], "teacher_scale": teacher.scale, "teacher_bias": teacher.bias,
         "best_possible_auc": best_auc, "best_possible_logloss": best_logloss, "positive_rate": positive_rate,
