@@ -154,6 +154,14 @@ def _spread_bytes(spec: TableSpec, plan: str, model_size: int, slot_floats_per_r
   return spec.rows * _row_bytes(spec, slot_floats_per_row)
 
 
+def _split_plan(spec: TableSpec, model_size: int, min_column_floats: int) -> str:
+  # Narrower column pieces would make each gathered piece no bigger than the
+  # int32 id that requests it.
+  if spec.dim % model_size == 0 and spec.dim // model_size >= min_column_floats:
+    return "column"
+  return "row"
+
+
 def _check_overrides(specs: Sequence[TableSpec], default: str,
                      overrides: Mapping[str, str]) -> None:
   names = {s.name for s in specs}
@@ -179,20 +187,21 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
                  overrides: Mapping[str, str] | None = None, slot_floats_per_row: int = 0,
                  device_memory_bytes: int | None = None,
                  lookups: Sequence[float] | None = None, slack: float = 0.05,
-                 small_share: float = 0.1) -> list[str]:
+                 small_share: float = 0.1, min_column_floats: int = 4) -> list[str]:
   """One plan per table: ``overrides`` first, then ``default`` unless 'auto'.
 
   'auto' visits the remaining tables largest first. A table stays whole on one
   shard (table-wise: one all_to_all, the paper's scheme) if that keeps the
   fullest shard within ``1 + slack`` of an even share of all bytes (tables +
   optimizer slots), or it is under ``small_share`` of that even share, and it
-  fits in ``device_memory_bytes``; otherwise its rows are
-  split over every shard (row-wise), which lowers the largest per-device load
-  at the price of a reduce-scatter. ``lookups[t]`` is table t's ids per
-  example (1 for one-hot), balanced as the second load. Column-wise and
-  replicated are never chosen automatically: column-wise moves as much as
-  table-wise but updates every shard, and replicated costs memory on every
-  device plus a gradient all-gather; force them per table when wanted.
+  fits in ``device_memory_bytes``. Otherwise it is split over every shard:
+  by columns when each shard's piece of a row is at least ``min_column_floats``
+  wide (column-wise moves each looked-up row once, as table-wise does), else by
+  rows (row-wise reduce-scatters ``model_size`` times the rows the batch needs).
+  Either lowers the largest per-device load to about 1 / model_size of the
+  table. ``lookups[t]`` is table t's ids per example (1 for one-hot), balanced
+  as the second load. Replicated is never chosen automatically: it costs
+  memory on every device and a gradient all-gather over all of them.
   Raises ValueError naming the flags to change when no plan fits.
   """
   overrides = dict(overrides or {})
@@ -235,8 +244,9 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
       plans[i] = "table"
       loads.add_table(owner, nbytes, lookups[i])
     else:
-      plans[i] = "row"
-      loads.add_everywhere(_spread_bytes(s, "row", model_size, slot_floats_per_row), lookups[i])
+      plans[i] = _split_plan(s, model_size, min_column_floats)
+      loads.add_everywhere(_spread_bytes(s, plans[i], model_size, slot_floats_per_row),
+                           lookups[i])
   if device_memory_bytes is not None and max(loads.bytes) > device_memory_bytes:
     raise _refuse(max(loads.bytes), device_memory_bytes, "the embedding plan")
   return plans

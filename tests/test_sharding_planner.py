@@ -99,3 +99,13 @@ def test_sharding_plan_table_lists_every_table_and_totals():
   assert lines[0].split() == ["table", "rows", "plan", "devices", "bytes/device"]
   assert sum(1 for line in lines if line.startswith("C")) == 26
   assert "total bytes per model shard" in text and "max/mean" in text
+
+
+def test_sharding_wide_rows_split_by_columns_narrow_by_rows():
+  # dim 64 on 8 shards: 8 floats per piece, so big tables go column-wise;
+  # dim 16 on 8 shards: 2 floats, so they go row-wise.
+  wide = choose_plans(kaggle(dim=64), 8)
+  narrow = choose_plans(kaggle(dim=16), 8)
+  big = [i for i, r in enumerate(KAGGLE) if r > 2_000_000]
+  assert all(wide[i] == "column" for i in big)
+  assert all(narrow[i] == "row" for i in big)
