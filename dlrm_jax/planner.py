@@ -155,8 +155,8 @@ def _spread_bytes(spec: TableSpec, plan: str, model_size: int, slot_floats_per_r
 
 
 def _split_plan(spec: TableSpec, model_size: int, min_column_floats: int) -> str:
-  # Narrower column pieces would make each gathered piece no bigger than the
-  # int32 id that requests it.
+  # min_column_floats lets accelerators that gather narrow rows slowly keep
+  # wide pieces; the byte count alone always favours columns.
   if spec.dim % model_size == 0 and spec.dim // model_size >= min_column_floats:
     return "column"
   return "row"
@@ -187,7 +187,7 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
                  overrides: Mapping[str, str] | None = None, slot_floats_per_row: int = 0,
                  device_memory_bytes: int | None = None,
                  lookups: Sequence[float] | None = None, slack: float = 0.05,
-                 small_share: float = 0.1, min_column_floats: int = 4) -> list[str]:
+                 small_share: float = 0.1, min_column_floats: int = 1) -> list[str]:
   """One plan per table: ``overrides`` first, then ``default`` unless 'auto'.
 
   'auto' visits the remaining tables largest first. A table stays whole on one
@@ -195,9 +195,10 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
   fullest shard within ``1 + slack`` of an even share of all bytes (tables +
   optimizer slots), or it is under ``small_share`` of that even share, and it
   fits in ``device_memory_bytes``. Otherwise it is split over every shard:
-  by columns when each shard's piece of a row is at least ``min_column_floats``
-  wide (column-wise moves each looked-up row once, as table-wise does), else by
-  rows (row-wise reduce-scatters ``model_size`` times the rows the batch needs).
+  by columns when the model axis divides the embedding dim into pieces of at
+  least ``min_column_floats`` (column-wise moves each looked-up row once, as
+  table-wise does, and reads only its columns), else by rows (row-wise
+  reduce-scatters ``model_size`` times the rows the batch needs).
   Either lowers the largest per-device load to about 1 / model_size of the
   table. ``lookups[t]`` is table t's ids per example (1 for one-hot), balanced
   as the second load. Replicated is never chosen automatically: it costs
