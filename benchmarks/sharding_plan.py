@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlrm_jax.embedding import exchange_bytes  # noqa: E402
 from dlrm_jax.planner import plan_layout  # noqa: E402
+from dlrm_jax.sparse_optim import OPTIMIZERS, SparseOptimizer  # noqa: E402
 from dlrm_jax.specs import table_specs  # noqa: E402
 
 # The reference's table sizes (dlrm_s_pytorch.py): Kaggle with no id limit,
@@ -55,9 +56,9 @@ def rows_for(dataset: str, devices: int, slot_floats: int, batch: int | None):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--optimizer_slots", type=int, default=0,
-                      help="optimizer floats per row counted as memory (0 SGD, 1 row-wise "
-                           "Adagrad, dim for Adagrad); default 0")
+  parser.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS,
+                      help="table optimizer whose state counts as memory (default sgd, the "
+                           "reference's)")
   parser.add_argument("--batch", type=int, default=None,
                       help="global batch (default: the reference batch per 8 devices)")
   args = parser.parse_args()
@@ -66,13 +67,14 @@ def main() -> None:
   rows = [header]
   for dataset in DATASETS:
     for devices in MESHES:
-      rows.extend(rows_for(dataset, devices, args.optimizer_slots, args.batch))
+      slots = SparseOptimizer(args.optimizer, 1.0).slot_floats_per_row(DATASETS[dataset]["dim"])
+      rows.extend(rows_for(dataset, devices, slots, args.batch))
   widths = [max(len(str(r[i])) for r in rows if len(r) > i) for i in range(len(header))]
   print("| " + " | ".join(str(h).ljust(w) for h, w in zip(header, widths)) + " |")
   print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
   for r in rows[1:]:
     print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
-  print("\nmax MiB/dev: tables + optimizer slots on the fullest device (buffer padding excluded);"
+  print(f"\noptimizer: {args.optimizer}. max MiB/dev: tables + optimizer slots on the fullest device (buffer padding excluded);"
         "\nmax/mean: its imbalance. model-axis / data-axis MiB: bytes all devices send per step"
         "\n(ids, forward and backward exchange over `model`; routed row gradients over `data`)."
         "\nminimum: the embedding rows the batch needs, batch x 26 x dim x 4 B, each sent once.")

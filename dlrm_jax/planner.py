@@ -154,11 +154,16 @@ def _spread_bytes(spec: TableSpec, plan: str, model_size: int, slot_floats_per_r
   return spec.rows * _row_bytes(spec, slot_floats_per_row)
 
 
-def _split_plan(spec: TableSpec, model_size: int, min_column_floats: int) -> str:
+def _split_plan(spec: TableSpec, model_size: int, min_column_floats: int,
+                slot_floats_per_row: int, memory_slack: float) -> str:
   # min_column_floats lets accelerators that gather narrow rows slowly keep
-  # wide pieces; the byte count alone always favours columns.
+  # wide pieces. Row-wise Adagrad's per-row accumulator is whole on every
+  # column shard, which can make columns cost more memory than rows.
   if spec.dim % model_size == 0 and spec.dim // model_size >= min_column_floats:
-    return "column"
+    column = _spread_bytes(spec, "column", model_size, slot_floats_per_row)
+    row = _spread_bytes(spec, "row", model_size, slot_floats_per_row)
+    if column <= row * (1 + memory_slack):
+      return "column"
   return "row"
 
 
@@ -187,7 +192,8 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
                  overrides: Mapping[str, str] | None = None, slot_floats_per_row: int = 0,
                  device_memory_bytes: int | None = None,
                  lookups: Sequence[float] | None = None, slack: float = 0.05,
-                 small_share: float = 0.1, min_column_floats: int = 1) -> list[str]:
+                 small_share: float = 0.1, min_column_floats: int = 1,
+                 column_memory_slack: float = 0.25) -> list[str]:
   """One plan per table: ``overrides`` first, then ``default`` unless 'auto'.
 
   'auto' visits the remaining tables largest first. A table stays whole on one
@@ -196,9 +202,11 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
   optimizer slots), or it is under ``small_share`` of that even share, and it
   fits in ``device_memory_bytes``. Otherwise it is split over every shard:
   by columns when the model axis divides the embedding dim into pieces of at
-  least ``min_column_floats`` (column-wise moves each looked-up row once, as
-  table-wise does, and reads only its columns), else by rows (row-wise
-  reduce-scatters ``model_size`` times the rows the batch needs).
+  least ``min_column_floats`` and that costs at most ``column_memory_slack``
+  more memory than rows (column-wise moves each looked-up row once, as
+  table-wise does, and reads only its columns: several times fewer bytes,
+  see benchmarks/sharding_plan.py), else by rows (row-wise reduce-scatters
+  ``model_size`` times the rows the batch needs).
   Either lowers the largest per-device load to about 1 / model_size of the
   table. ``lookups[t]`` is table t's ids per example (1 for one-hot), balanced
   as the second load. Replicated is never chosen automatically: it costs
@@ -245,7 +253,8 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
       plans[i] = "table"
       loads.add_table(owner, nbytes, lookups[i])
     else:
-      plans[i] = _split_plan(s, model_size, min_column_floats)
+      plans[i] = _split_plan(s, model_size, min_column_floats, slot_floats_per_row,
+                             column_memory_slack)
       loads.add_everywhere(_spread_bytes(s, plans[i], model_size, slot_floats_per_row),
                            lookups[i])
   if device_memory_bytes is not None and max(loads.bytes) > device_memory_bytes:
