@@ -183,7 +183,7 @@ def test_interrupted_run_leaves_no_finished_marker(tmp_path, synthetic_file, mon
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(preprocess, "_pass2", boom)
+    monkeypatch.setattr(preprocess, "remap_in_place", boom)
     with pytest.raises(KeyboardInterrupt):
         preprocess.preprocess_criteo([synthetic_file], out, max_ind_range=5, progress=False)
     assert not os.path.exists(os.path.join(out, "metadata.json"))

@@ -1,7 +1,8 @@
-"""Reference-compatible Criteo preprocessing: raw TSV -> columnar .npy splits plus metadata.json."""
+"""Reference-compatible Criteo preprocessing: raw TSV (Kaggle or Terabyte days) -> columnar .npy splits + metadata.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -12,19 +13,26 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from dlrm_jax.data import bad_rows
+from dlrm_jax.data import columns
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import prefetch
 from dlrm_jax.data import splits as splits_lib
 from dlrm_jax.data import tsv_parser
 from dlrm_jax.data import vocab as vocab_lib
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
 VOCAB_FILE = "vocab.npz"
-_PARTIAL = ".partial"
-_MISSING_BYTES = (cf.NUM_SPARSE + 7) // 8
-# Pass 2 remaps ids in place in blocks of this many rows (bounded memory).
+_PARTIAL = columns.PARTIAL
+# Ids are remapped in blocks of this many rows (bounded memory).
 _REMAP_BLOCK_ROWS = 1 << 20
+SUB_SAMPLE_RULE = (
+    "each physical line k (0-based, bad lines included) of training day d draws u_k, the k-th "
+    "np.random.default_rng([sub_sample_seed, d]).random(); a negative row is dropped when u_k < "
+    "sub_sample_rate (the reference's rule: 0.875 keeps 12.5% of negatives); positives, the test "
+    "and the validation day are never dropped"
+)
 
 
 def split_file(out_dir: str, split: str, field: str) -> str:
@@ -37,7 +45,7 @@ def dense_transform(raw: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(raw, 0).astype(np.float32) + np.float32(1.0))
 
 
-def _source_fingerprint(raw_files: Sequence[str]) -> list[dict[str, Any]]:
+def source_fingerprint(raw_files: Sequence[str]) -> list[dict[str, Any]]:
     out = []
     for path in raw_files:
         st = os.stat(path)
@@ -45,13 +53,34 @@ def _source_fingerprint(raw_files: Sequence[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _write_json_atomic(path: str, obj: dict[str, Any]) -> None:
+def write_json_atomic(path: str, obj: dict[str, Any]) -> None:
     tmp = path + _PARTIAL
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def check_raw_file(path: str, *, labeled: bool = True) -> None:
+    """Clear errors for a missing or empty file, and for a file with(out) the label column."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    head = tsv_parser.first_line(path)
+    if os.path.getsize(path) == 0 or not head:
+        raise bad_rows.BadRowError(f"{path}: the file is empty (no rows); re-download or re-extract it")
+    fields = head.count(b"\t") + 1
+    if labeled and fields == cf.NUM_FIELDS - 1:
+        raise bad_rows.BadRowError(
+            f"{path}: lines have {fields} fields, no label column: this looks like Kaggle's unlabeled test.txt. "
+            f"Training and evaluation need labelled rows (train.txt); score unlabeled files with "
+            f"--mode=predict --predict_file={path}"
+        )
+    if not labeled and fields == cf.NUM_FIELDS:
+        raise bad_rows.BadRowError(
+            f"{path}: lines have {fields} fields, i.e. a label column; --predict_file expects unlabeled rows "
+            f"(Kaggle's test.txt, {cf.NUM_FIELDS - 1} fields). Evaluate labelled data with --mode=eval"
+        )
 
 
 def _cached_metadata(out_dir: str, expected: dict[str, Any]) -> dict[str, Any] | None:
@@ -63,110 +92,148 @@ def _cached_metadata(out_dir: str, expected: dict[str, Any]) -> dict[str, Any] |
     if any(meta.get(k) != v for k, v in expected.items()):
         return None
     for split in splits_lib.SPLITS:
-        for field in ("dense", "sparse", "label"):
+        for field in columns.FIELDS:
             if not os.path.exists(split_file(out_dir, split, field)):
                 return None
     return meta
 
 
-def _chunk_bytes(raw_files: Sequence[str], chunk_rows: int) -> int:
+def chunk_bytes_for(raw_files: Sequence[str], chunk_rows: int) -> int:
     """Bytes per parsed chunk so that a chunk holds about chunk_rows rows."""
-    with open(raw_files[0], "rb") as f:
+    with tsv_parser.open_raw(raw_files[0]) as f:
         head = f.read(1 << 20)
     lines = max(head.count(b"\n"), 1)
     return max(int(chunk_rows * len(head) / lines), 1 << 16)
 
 
-def _iter_chunks(raw_files: Sequence[str], chunk_bytes: int) -> Iterator[tsv_parser.RawChunk]:
+class _Subsampler:
+    """Draws one uniform per physical line of each training day, in order (see SUB_SAMPLE_RULE)."""
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self.rate, self.seed = rate, seed
+        self._state: dict[int, tuple[np.random.Generator, int]] = {}
+
+    def uniforms(self, day: int, day_first_line: int, lo: int, hi: int) -> np.ndarray:
+        """u for lines [lo, hi) (global line numbers) of `day`, which starts at day_first_line."""
+        rng, pos = self._state.get(day) or (np.random.default_rng([self.seed, day]), day_first_line)
+        if lo < pos:
+            raise RuntimeError("sub-sampling lines were requested out of order")
+        u = rng.random(hi - pos)[lo - pos :]
+        self._state[day] = (rng, hi)
+        return u
+
+
+@dataclasses.dataclass
+class Segment:
+    """Lines [lo, hi) of the (concatenated) raw input that go to `writer`; `day` numbers the day."""
+
+    lo: int
+    hi: int
+    writer: columns.ColumnsWriter
+    day: int
+    train: bool
+
+
+def _chunks(raw_files: Sequence[str], report: bad_rows.BadRowReport, chunk_bytes: int) -> Iterator[tuple[Any, int]]:
+    offset = 0
     for path in raw_files:
-        yield from tsv_parser.iter_raw_chunks(path, chunk_bytes)
+        end = 0
+        for parsed in tsv_parser.iter_parsed(path, report, chunk_bytes=chunk_bytes):
+            end = parsed.line_range[1]
+            yield parsed, offset
+        offset += end
 
 
-class _SplitWriter:
-    """The .partial memmaps of one split; renamed into place only by finish()."""
-
-    def __init__(self, out_dir: str, split: str, num_rows: int) -> None:
-        self.paths = {f: split_file(out_dir, split, f) for f in ("dense", "sparse", "label")}
-        mk = np.lib.format.open_memmap
-        self.dense = mk(self.paths["dense"] + _PARTIAL, "w+", np.float32, (num_rows, cf.NUM_DENSE))
-        self.sparse = mk(self.paths["sparse"] + _PARTIAL, "w+", np.int32, (num_rows, cf.NUM_SPARSE))
-        self.label = mk(self.paths["label"] + _PARTIAL, "w+", np.float32, (num_rows,))
-        self.missing_path = os.path.join(out_dir, f".{split}_missing{_PARTIAL}")
-        self.missing = mk(self.missing_path, "w+", np.uint8, (num_rows, _MISSING_BYTES))
-        self.positives = 0.0
-
-    def finish(self) -> None:
-        for arr in (self.dense, self.sparse, self.label):
-            arr.flush()
-        del self.dense, self.sparse, self.label, self.missing
-        for final in self.paths.values():
-            os.replace(final + _PARTIAL, final)
-        os.remove(self.missing_path)
-
-
-def _pass1(
-    raw_files: Sequence[str], writers: dict[str, _SplitWriter], ranges: dict[str, tuple[int, int]],
-    num_rows: int, max_ind_range: int, chunk_bytes: int, progress: bool,
-) -> list[vocab_lib.ValueCounter]:
-    """Parse every row once: final dense/label, raw hashed values into sparse, train value counts."""
-    counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)]
-    train_end = ranges["train"][1]
-    row = 0
-    with tqdm(total=num_rows, unit="rows", unit_scale=True, desc="parse", disable=not progress) as bar:
+def stream(
+    raw_files: Sequence[str], segments: Sequence[Segment], report: bad_rows.BadRowReport, *,
+    max_ind_range: int, sub_sample_rate: float, sub_sample_seed: int, chunk_bytes: int,
+    counters: list[vocab_lib.ValueCounter], progress: bool = False, progress_total: int | None = None,
+    desc: str = "parse",
+) -> dict[str, int]:
+    """Parse every row once into its segment's writer: final dense/label, raw (hashed) values as sparse,
+    missing bits; training rows are sub-sampled and counted into `counters`. Returns line/row counts."""
+    sub = _Subsampler(sub_sample_rate, sub_sample_seed)
+    stats = {"lines": 0, "rows": 0, "dropped_negatives": 0}
+    with tqdm(total=progress_total, unit="lines", unit_scale=True, desc=desc, disable=not progress) as bar:
         # Parsing the next chunk (pyarrow, GIL released) overlaps this chunk's NumPy work.
-        for chunk in prefetch.background(_iter_chunks(raw_files, chunk_bytes)):
-            n = chunk.num_rows
-            if row + n > num_rows:
-                raise RuntimeError("raw files grew while being preprocessed")
+        for parsed, offset in prefetch.background(_chunks(raw_files, report, chunk_bytes)):
+            chunk = parsed.raw
+            lines = parsed.lines + offset
+            c0, c1 = parsed.line_range[0] + offset, parsed.line_range[1] + offset
             cat_t, missing_t = chunk.cat_t, chunk.missing_t
             if 0 < max_ind_range < 2**32:  # larger ranges leave uint32 hashes unchanged
                 cat_t %= np.uint32(max_ind_range)
             dense = dense_transform(chunk.dense)
             label = chunk.label.astype(np.float32)
             missing_bits = np.packbits(missing_t, axis=0).T
-            for split, (lo, hi) in ranges.items():
-                a, b = max(lo, row), min(hi, row + n)
-                if a >= b:
+            for seg in segments:
+                lo, hi = max(seg.lo, c0), min(seg.hi, c1)
+                if lo >= hi:
                     continue
-                w, s = writers[split], slice(a - row, b - row)
-                w.dense[a - lo : b - lo] = dense[s]
-                w.label[a - lo : b - lo] = label[s]
-                w.sparse[a - lo : b - lo] = cat_t[:, s].T.view(np.int32)
-                w.missing[a - lo : b - lo] = missing_bits[s]
-                w.positives += float(label[s].sum())
-            n_train = max(0, min(train_end - row, n))
-            if n_train:
-                for j, counter in enumerate(counters):
-                    counter.add(cat_t[j, :n_train][~missing_t[j, :n_train]])
-            row += n
-            bar.update(n)
-    if row != num_rows:
-        raise RuntimeError(f"parsed {row} rows but counted {num_rows}")
-    return counters
+                a, b = np.searchsorted(lines, [lo, hi])
+                rows: slice | np.ndarray = slice(a, b)
+                if seg.train and sub_sample_rate > 0:
+                    u = sub.uniforms(seg.day, seg.lo, lo, hi)
+                    drop = (label[a:b] == 0) & (u[lines[a:b] - lo] < sub_sample_rate)
+                    stats["dropped_negatives"] += int(drop.sum())
+                    rows = np.flatnonzero(~drop) + a
+                seg.writer.append(dense[rows], label[rows], cat_t[:, rows].T, missing_bits[rows])
+                stats["rows"] += int(label[rows].shape[0])
+                if seg.train:
+                    for j, counter in enumerate(counters):
+                        counter.add(cat_t[j, rows][~missing_t[j, rows]])
+            stats["lines"] += c1 - c0
+            bar.update(c1 - c0)
+    return stats
 
 
-def _pass2(writers: dict[str, _SplitWriter], vocabs: list[np.ndarray], progress: bool) -> None:
-    """Replace raw hashed values by contiguous ids, in place, block by block."""
-    total = sum(w.label.shape[0] for w in writers.values())
+def remap_in_place(writers: Sequence[columns.ColumnsWriter], tables: list[vocab_lib.IdTable], progress: bool) -> None:
+    """Replace the raw values in each writer's closed sparse file by ids, block by block."""
+    total = sum(w.rows for w in writers)
     with (
         tqdm(total=total, unit="rows", unit_scale=True, desc="ids", disable=not progress) as bar,
         ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
     ):
-        tables = list(pool.map(vocab_lib.IdTable, vocabs))
-        for w in writers.values():
-            for a in range(0, w.label.shape[0], _REMAP_BLOCK_ROWS):
-                b = min(a + _REMAP_BLOCK_ROWS, w.label.shape[0])
-                raw_t = np.ascontiguousarray(np.asarray(w.sparse[a:b]).view(np.uint32).T)
-                miss_t = np.unpackbits(w.missing[a:b], axis=1, count=cf.NUM_SPARSE).astype(bool).T
-                ids_t = np.empty(raw_t.shape, dtype=np.int32)
-
-                def remap(j: int) -> None:
-                    ids_t[j] = tables[j].lookup(raw_t[j], miss_t[j])
-
-                # NumPy gathers release the GIL, so features remap on all cores.
-                list(pool.map(remap, range(cf.NUM_SPARSE)))
-                w.sparse[a:b] = ids_t.T
+        for w in writers:
+            sparse = np.load(w.partial("sparse"), mmap_mode="r+")
+            missing = np.load(w.partial("missing"), mmap_mode="r")
+            for a in range(0, w.rows, _REMAP_BLOCK_ROWS):
+                b = min(a + _REMAP_BLOCK_ROWS, w.rows)
+                sparse[a:b] = columns.remap_block(sparse[a:b], missing[a:b], tables, pool)
                 bar.update(b - a)
+            sparse.flush()
+            del sparse, missing
+
+
+def build_tables(vocabs: list[np.ndarray]) -> list[vocab_lib.IdTable]:
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(vocab_lib.IdTable, vocabs))
+
+
+def save_vocab(out_dir: str, vocabs: list[np.ndarray]) -> None:
+    tmp = os.path.join(out_dir, VOCAB_FILE + _PARTIAL + ".npz")
+    np.savez(tmp, **{name: v for name, v in zip(cf.SPARSE_NAMES, vocabs)})
+    os.replace(tmp, os.path.join(out_dir, VOCAB_FILE))
+
+
+def common_metadata(vocabs: list[np.ndarray], distinct: list[int], rows: dict[str, int],
+                    positives: dict[str, float], report: bad_rows.BadRowReport) -> dict[str, Any]:
+    return {
+        "table_sizes": [int(v.size) + 1 for v in vocabs],
+        "num_rows": rows,
+        "positive_rate": {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in rows},
+        "distinct_train_values": distinct,
+        "num_dense": cf.NUM_DENSE, "num_sparse": cf.NUM_SPARSE,
+        "dense_names": list(cf.DENSE_NAMES), "sparse_names": list(cf.SPARSE_NAMES),
+        "dense_transform": "log(max(x, 0) + 1) in float32; missing -> 0",
+        "id_convention": (
+            "per feature, training-days values (after % max_ind_range) sorted ascending get ids 1..V; "
+            "id 0 = missing, unseen in training, or rarer than min_frequency; table size V + 1"
+        ),
+        "sub_sample_rule": SUB_SAMPLE_RULE,
+        "bad_rows": report.to_json(),
+        "bad_rows_summary": report.summary(),
+    }
 
 
 def preprocess_criteo(
@@ -176,37 +243,53 @@ def preprocess_criteo(
     dataset: str = "kaggle",
     max_ind_range: int = 0,
     min_frequency: int = 1,
+    sub_sample_rate: float = 0.0,
+    sub_sample_seed: int = 0,
+    strict: bool = False,
     chunk_rows: int = 1 << 19,
     num_days: int = cf.KAGGLE_NUM_DAYS,
     progress: bool = True,
     extra_metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Preprocess raw Criteo TSV files (concatenated in order) into `out_dir`; returns the metadata.
+    """Preprocess raw Criteo TSV files into `out_dir`; returns the metadata.
 
+    dataset="kaggle": `raw_files` are concatenated and cut into `num_days`
+    consecutive days of physical lines (splits.split_ranges: the last day halved
+    into test, then validation). dataset="terabyte": one file per day (gzip or
+    not), the last one halved; each day is cached under out_dir/days/ and reused
+    (see terabyte.py).
     Output per split in ("train", "test", "validation"):
       {split}_dense.npy f32[N, 13], {split}_sparse.npy i32[N, 26], {split}_label.npy f32[N],
     plus vocab.npz and metadata.json (written last: its presence means finished).
-    Splits: see splits.split_ranges (the reference's 7 consecutive days; day 6 halved).
     Dense: log(max(x, 0) + 1), missing -> 0. Sparse ids: per feature, the training
     days' values (after % max_ind_range when > 0) with count >= min_frequency,
     sorted, get ids 1..V; id 0 is missing, unseen in training, or rare; table size V + 1.
-    chunk_rows: about this many rows are parsed at a time (bounds memory).
+    Negatives of training days are dropped per SUB_SAMPLE_RULE when sub_sample_rate > 0.
+    Bad rows are skipped and counted (metadata["bad_rows"]), or raise BadRowError
+    with their file:line when strict. chunk_rows bounds memory.
     A finished directory made from the same files (path, size, mtime) and options
     is reused unless overwrite=True.
     """
-    if dataset != "kaggle":
-        raise NotImplementedError(f"dataset={dataset!r}: only the Kaggle day split is implemented")
+    if dataset not in ("kaggle", "terabyte"):
+        raise ValueError(f"dataset={dataset!r}: expected kaggle or terabyte")
     if not raw_files:
         raise ValueError("no raw files given")
-    if max_ind_range < 0 or min_frequency < 1:
-        raise ValueError("need max_ind_range >= 0 and min_frequency >= 1")
+    if max_ind_range < 0 or min_frequency < 1 or not 0.0 <= sub_sample_rate < 1.0:
+        raise ValueError("need max_ind_range >= 0, min_frequency >= 1 and 0 <= sub_sample_rate < 1")
+    for path in raw_files:
+        check_raw_file(path, labeled=True)
+    if dataset == "terabyte":
+        num_days = len(raw_files)
     options = {
         "format_version": FORMAT_VERSION, "dataset": dataset, "max_ind_range": int(max_ind_range),
         "min_frequency": int(min_frequency), "num_days": int(num_days),
-        "source": _source_fingerprint(raw_files),
+        "sub_sample_rate": float(sub_sample_rate), "sub_sample_seed": int(sub_sample_seed),
+        "source": source_fingerprint(raw_files),
     }
+    report = bad_rows.BadRowReport(strict=strict)
     if not overwrite and (meta := _cached_metadata(out_dir, options)) is not None:
+        report.merge(meta.get("bad_rows", {}))
         return meta
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, METADATA_FILE)
@@ -214,44 +297,88 @@ def preprocess_criteo(
         os.remove(meta_path)  # the old files are about to be replaced one by one
 
     start = time.perf_counter()
-    num_rows = sum(tsv_parser.count_lines(p) for p in raw_files)
-    ranges = splits_lib.split_ranges(num_rows, num_days)
-    writers = {s: _SplitWriter(out_dir, s, hi - lo) for s, (lo, hi) in ranges.items()}
-    counters = _pass1(
-        raw_files, writers, ranges, num_rows, max_ind_range, _chunk_bytes(raw_files, chunk_rows), progress
-    )
-    counted = [c.result() for c in counters]
-    vocabs = [vocab_lib.build_vocab(v, c, min_frequency) for v, c in counted]
-    _pass2(writers, vocabs, progress)
+    if dataset == "terabyte":
+        from dlrm_jax.data import terabyte
 
-    positives = {s: w.positives for s, w in writers.items()}
-    for w in writers.values():
-        w.finish()
-    vocab_tmp = os.path.join(out_dir, VOCAB_FILE + _PARTIAL + ".npz")
-    np.savez(vocab_tmp, **{name: v for name, v in zip(cf.SPARSE_NAMES, vocabs)})
-    os.replace(vocab_tmp, os.path.join(out_dir, VOCAB_FILE))
-
-    sizes = {s: hi - lo for s, (lo, hi) in ranges.items()}
-    meta = dict(options)
-    meta.update({
-        "table_sizes": [int(v.size) + 1 for v in vocabs],
-        "num_rows": sizes,
-        "row_ranges": {s: list(r) for s, r in ranges.items()},
-        "day_row_counts": splits_lib.day_row_counts(num_rows, num_days),
-        "positive_rate": {s: (positives[s] / sizes[s] if sizes[s] else 0.0) for s in sizes},
-        "distinct_train_values": [int(v.size) for v, _ in counted],
-        "num_dense": cf.NUM_DENSE,
-        "num_sparse": cf.NUM_SPARSE,
-        "dense_names": list(cf.DENSE_NAMES),
-        "sparse_names": list(cf.SPARSE_NAMES),
-        "dense_transform": "log(max(x, 0) + 1) in float32; missing -> 0",
-        "id_convention": (
-            "per feature, training-days values (after % max_ind_range) sorted ascending get ids 1..V; "
-            "id 0 = missing, unseen in training, or rarer than min_frequency; table size V + 1"
-        ),
-        "seconds": round(time.perf_counter() - start, 3),
-    })
+        meta = terabyte.preprocess_days(raw_files, out_dir, options, report, chunk_rows=chunk_rows,
+                                        progress=progress, overwrite=overwrite)
+    else:
+        meta = _preprocess_kaggle(raw_files, out_dir, options, report, chunk_rows, progress)
+    meta["seconds"] = round(time.perf_counter() - start, 3)
     if extra_metadata:
         meta.update(extra_metadata)
-    _write_json_atomic(meta_path, meta)
+    write_json_atomic(meta_path, meta)
     return meta
+
+
+def _preprocess_kaggle(raw_files: list[str], out_dir: str, options: dict[str, Any],
+                       report: bad_rows.BadRowReport, chunk_rows: int, progress: bool) -> dict[str, Any]:
+    num_days = options["num_days"]
+    num_lines = sum(tsv_parser.count_lines(p) for p in raw_files)
+    ranges = splits_lib.split_ranges(num_lines, num_days)
+    days = splits_lib.day_row_counts(num_lines, num_days)
+    writers = {s: columns.ColumnsWriter(out_dir, s, with_missing=True) for s in splits_lib.SPLITS}
+    day_starts = np.concatenate([[0], np.cumsum(days)]).tolist()
+    segments = [Segment(day_starts[d], day_starts[d + 1], writers["train"], d, True) for d in range(num_days - 1)]
+    segments += [Segment(*ranges[s], writers[s], num_days - 1, False) for s in ("test", "validation")]
+    counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)]
+    stats = stream(
+        raw_files, segments, report, max_ind_range=options["max_ind_range"],
+        sub_sample_rate=options["sub_sample_rate"], sub_sample_seed=options["sub_sample_seed"],
+        chunk_bytes=chunk_bytes_for(raw_files, chunk_rows), counters=counters,
+        progress=progress, progress_total=num_lines,
+    )
+    if stats["lines"] != num_lines:
+        raise RuntimeError(f"parsed {stats['lines']} lines but counted {num_lines}: did the files change?")
+    if stats["rows"] == 0:
+        raise bad_rows.BadRowError(f"no usable rows in {', '.join(raw_files)}: {report.summary()}")
+    for w in writers.values():
+        w.close()
+    counted = [c.result() for c in counters]
+    vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"]) for v, c in counted]
+    remap_in_place(list(writers.values()), build_tables(vocabs), progress)
+    for w in writers.values():
+        w.commit(keep_missing=False)
+    save_vocab(out_dir, vocabs)
+    meta = dict(options)
+    meta.update(common_metadata(
+        vocabs, [int(v.size) for v, _ in counted], {s: w.rows for s, w in writers.items()},
+        {s: w.positives for s, w in writers.items()}, report))
+    meta.update({
+        "num_lines": num_lines,
+        "line_ranges": {s: list(r) for s, r in ranges.items()},
+        "day_line_counts": days,
+        "dropped_negatives": stats["dropped_negatives"],
+    })
+    return meta
+
+
+def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19):
+    """A raw unlabeled Criteo file (Kaggle test.txt: 39 fields) encoded with `processed_dir`'s training
+    vocabulary and options, exactly as preprocessing encodes rows -> loader.SplitArrays (label all 0).
+
+    Every line must be good (each line is one Id of a submission), so a bad row raises
+    BadRowError with its file:line.
+    """
+    from dlrm_jax.data.loader import SplitArrays, read_metadata
+
+    meta = read_metadata(processed_dir)
+    check_raw_file(path, labeled=False)
+    with np.load(os.path.join(processed_dir, VOCAB_FILE)) as z:
+        tables = build_tables([z[name] for name in meta["sparse_names"]])
+    max_ind_range = int(meta.get("max_ind_range", 0))
+    report = bad_rows.BadRowReport(strict=True)
+    dense, sparse = [], []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        chunks = tsv_parser.iter_parsed(path, report, labeled=False,
+                                        chunk_bytes=chunk_bytes_for([path], chunk_rows))
+        for parsed in prefetch.background(chunks):
+            chunk = parsed.raw
+            if 0 < max_ind_range < 2**32:
+                chunk.cat_t[...] %= np.uint32(max_ind_range)
+            dense.append(dense_transform(chunk.dense))
+            bits = np.packbits(chunk.missing_t, axis=0).T
+            sparse.append(columns.remap_block(chunk.cat_t.T, bits, tables, pool))
+    dense_all = np.concatenate(dense) if dense else np.zeros((0, cf.NUM_DENSE), np.float32)
+    sparse_all = np.concatenate(sparse) if sparse else np.zeros((0, cf.NUM_SPARSE), np.int32)
+    return SplitArrays(dense=dense_all, sparse=sparse_all, label=np.zeros(dense_all.shape[0], np.float32))

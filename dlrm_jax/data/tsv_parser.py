@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import os
+import gzip
+import io
 from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from dlrm_jax.data import bad_rows
 from dlrm_jax.data import criteo_format as cf
 
 # 8 hex digits fit in uint32; longer fields would not, so they are rejected.
@@ -22,7 +24,7 @@ _LETTER_BITS = np.uint64(0x0101010101010101)
 class RawChunk:
     """One parsed block of consecutive rows.
 
-    label:     int32[n]        0/1 click label.
+    label:     int32[n]        0/1 click label (0 for unlabeled files).
     dense:     int64[n, 13]    raw integers, missing already 0.
     cat_t:     uint32[26, n]   hex value of each categorical, 0 where missing (feature-major,
                                so each feature is contiguous for counting and lookup).
@@ -39,13 +41,19 @@ class RawChunk:
         return int(self.label.shape[0])
 
 
-def _read_options(block_size: int) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
+def _read_options(
+    block_size: int, labeled: bool = True
+) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
     # Single-threaded: pyarrow's own threads cost ~2x the CPU for little wall time on a busy
     # 2-core machine; callers overlap parsing with their NumPy work in a thread instead.
-    read = pacsv.ReadOptions(column_names=list(cf.COLUMN_NAMES), block_size=block_size, use_threads=False)
+    names = list(cf.COLUMN_NAMES if labeled else cf.COLUMN_NAMES[1:])
+    read = pacsv.ReadOptions(column_names=names, block_size=block_size, use_threads=False)
     # Criteo never quotes or escapes; turning both off keeps the tokenizer on its fast path.
-    parse = pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False, escape_char=False)
-    types: dict[str, pa.DataType] = {cf.LABEL_NAME: pa.int32()}
+    # Empty lines are rows (of one field), so rows and lines stay in step and a blank line is an error.
+    parse = pacsv.ParseOptions(
+        delimiter="\t", quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=False
+    )
+    types: dict[str, pa.DataType] = {cf.LABEL_NAME: pa.int32()} if labeled else {}
     types.update({name: pa.int64() for name in cf.DENSE_NAMES})
     # binary (not string) skips UTF-8 validation; empty stays "" and marks missing.
     types.update({name: pa.binary() for name in cf.SPARSE_NAMES})
@@ -132,13 +140,18 @@ def decode_hex_column(column: pa.Array | pa.ChunkedArray, name: str) -> tuple[np
     return values, missing
 
 
-def table_to_chunk(table: pa.Table) -> RawChunk:
-    """Parsed pyarrow table (40 Criteo columns) -> RawChunk."""
+def table_to_chunk(table: pa.Table, labeled: bool = True) -> RawChunk:
+    """Parsed pyarrow table (40 Criteo columns, 39 unlabeled) -> RawChunk."""
     n = table.num_rows
-    label_col = table.column(cf.LABEL_NAME)
-    if label_col.null_count:
-        raise ValueError("a row has an empty label")
-    label = label_col.to_numpy().astype(np.int32, copy=False)
+    if labeled:
+        label_col = table.column(cf.LABEL_NAME)
+        if label_col.null_count:
+            raise ValueError("a row has an empty label")
+        label = label_col.to_numpy().astype(np.int32, copy=False)
+        if label.size and (label.min() < 0 or label.max() > 1):
+            raise ValueError("a label is not 0 or 1")
+    else:
+        label = np.zeros(n, dtype=np.int32)
     dense = np.empty((n, cf.NUM_DENSE), dtype=np.int64)
     for j, name in enumerate(cf.DENSE_NAMES):
         dense[:, j] = table.column(name).fill_null(0).to_numpy()
@@ -149,32 +162,50 @@ def table_to_chunk(table: pa.Table) -> RawChunk:
     return RawChunk(label=label, dense=dense, cat_t=cat_t, missing_t=missing_t)
 
 
-def parse_bytes(buf: bytes | bytearray | memoryview, block_size: int = 1 << 22) -> RawChunk:
-    """Parse a whole-line byte range of a raw Criteo TSV file (zero-copy into pyarrow)."""
-    read, parse, convert = _read_options(block_size)
+def parse_bytes(buf: bytes | bytearray | memoryview, block_size: int = 1 << 22, labeled: bool = True) -> RawChunk:
+    """Parse a whole-line byte range of a raw Criteo TSV file (zero-copy into pyarrow); raises on any bad row."""
+    read, parse, convert = _read_options(block_size, labeled)
     source = pa.BufferReader(pa.py_buffer(buf))
     table = pacsv.read_csv(source, read_options=read, parse_options=parse, convert_options=convert)
-    return table_to_chunk(table)
+    return table_to_chunk(table, labeled)
+
+
+def open_raw(path: str) -> io.RawIOBase | gzip.GzipFile:
+    """Binary reader of a raw file; gzip (by its magic bytes, whatever the name) is decompressed on the fly."""
+    f = open(path, "rb", buffering=0)
+    if f.read(2) == b"\x1f\x8b":
+        f.close()
+        return gzip.open(path, "rb")
+    f.seek(0)
+    return f
 
 
 def count_lines(path: str, block: int = 1 << 24) -> int:
-    """Number of rows in a text file (a last line without a newline counts too)."""
+    """Number of rows in a text file, gzip or not (a last line without a newline counts too)."""
     count, last = 0, b"\n"
-    with open(path, "rb", buffering=0) as f:
+    with open_raw(path) as f:
         while chunk := f.read(block):
             count += chunk.count(b"\n")
             last = chunk[-1:]
     return count + (last != b"\n")
 
 
-def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[memoryview]:
-    """Yield consecutive byte ranges of a file, each ending at a line break.
+def first_line(path: str, limit: int = 1 << 16) -> bytes:
+    """The first line of a raw file (without its line break); b"" for an empty file."""
+    with open_raw(path) as f:
+        head = f.read(limit)
+    return head.split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[memoryview, bool]]:
+    """Yield (byte range, unterminated) of consecutive whole lines of a file (gzip or not).
 
     Each range is a view of a fresh buffer filled by readinto, so only the
-    partial last line is ever copied.
+    partial last line is ever copied. A last line without a line break gets
+    one appended and unterminated=True.
     """
     carry = b""
-    with open(path, "rb", buffering=0) as f:
+    with open_raw(path) as f:
         while True:
             buf = bytearray(len(carry) + chunk_bytes)
             buf[: len(carry)] = carry
@@ -187,14 +218,51 @@ def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[memoryview]:
                 carry = bytes(buf[:end])
                 continue
             carry = bytes(buf[cut:end])
-            yield memoryview(buf)[:cut]
-    if carry.strip(b"\r\n"):
-        yield memoryview(carry + b"\n")
+            yield memoryview(buf)[:cut], False
+    if carry:
+        yield memoryview(carry + b"\n"), True
 
 
-def iter_raw_chunks(path: str, chunk_bytes: int = 64 << 20) -> Iterator[RawChunk]:
-    """Parse a raw Criteo TSV file chunk by chunk, in file order."""
-    if os.path.getsize(path) == 0:
-        return
-    for buf in iter_byte_chunks(path, chunk_bytes):
-        yield parse_bytes(buf)
+@dataclasses.dataclass(frozen=True)
+class ParsedChunk:
+    """A RawChunk of the good rows of consecutive lines, and where those rows were.
+
+    lines:      int64[n] 0-based line number in the file of each row (sorted).
+    line_range: (first, end) line numbers the chunk covered, bad lines included.
+    """
+
+    raw: RawChunk
+    lines: np.ndarray
+    line_range: tuple[int, int]
+
+
+def iter_parsed(
+    path: str, report: bad_rows.BadRowReport, *, labeled: bool = True, chunk_bytes: int = 64 << 20
+) -> Iterator[ParsedChunk]:
+    """Parse a raw Criteo file chunk by chunk, in file order; bad rows go to `report` (skipped or raised).
+
+    Clean chunks take pyarrow's fast path only; a chunk that fails it is scanned
+    line by line (vectorised), its bad lines reported, and the rest re-parsed.
+    """
+    line = 0
+    for buf, unterminated in iter_byte_chunks(path, chunk_bytes):
+        try:
+            chunk = parse_bytes(buf, labeled=labeled)
+            lines = np.arange(line, line + chunk.num_rows, dtype=np.int64)
+            nlines = chunk.num_rows
+        except (pa.ArrowInvalid, ValueError):
+            found = bad_rows.scan(buf, labeled, unterminated)
+            for kind, bad in found.bad.items():
+                report.record(kind, path, bad + line, found.samples[kind])
+            lines = found.good_lines + line
+            nlines = found.num_lines
+            chunk = parse_bytes(found.clean, labeled=labeled) if found.clean else _empty_chunk()
+        yield ParsedChunk(chunk, lines, (line, line + nlines))
+        line += nlines
+
+
+def _empty_chunk() -> RawChunk:
+    return RawChunk(
+        label=np.zeros(0, np.int32), dense=np.zeros((0, cf.NUM_DENSE), np.int64),
+        cat_t=np.zeros((cf.NUM_SPARSE, 0), np.uint32), missing_t=np.zeros((cf.NUM_SPARSE, 0), bool),
+    )

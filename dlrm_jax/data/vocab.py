@@ -27,8 +27,12 @@ class ValueCounter:
         if values.size == 0:
             return
         uniq, counts = np.unique(values, return_counts=True)
-        self._pending.append((uniq, counts.astype(np.int64)))
-        self._pending_size += uniq.size
+        self.add_counted(uniq, counts)
+
+    def add_counted(self, values: np.ndarray, counts: np.ndarray) -> None:
+        """Distinct uint32[k] values with their int64[k] counts (e.g. a cached day's)."""
+        self._pending.append((values.astype(np.uint32, copy=False), counts.astype(np.int64)))
+        self._pending_size += values.size
         if self._pending_size > max(self._values.size, 1 << 22):
             self._merge()
 
