@@ -33,6 +33,8 @@ class Config:
   synthetic_seed: int = 0
   max_ind_range: int = 0
   min_frequency: int = 1
+  data_sub_sample_rate: float = 0.0  # fraction of training-day negatives dropped (reference rule)
+  strict: bool = False  # stop at the first bad raw row instead of skipping and counting it
   # Model.
   embedding_dim: int = 16
   bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
@@ -52,6 +54,7 @@ class Config:
   max_steps: int = 0  # 0: num_epochs decides
   # Reporting.
   eval_every_steps: int = 0  # 0: evaluate at the end only
+  target_auc: float = 0.0  # 0: off; else stop once a validation evaluation reaches it
   log_every_steps: int = 100
   progress: bool = True
   # Checkpoints and use of saved models.
@@ -111,6 +114,9 @@ class Config:
            f"--split={self.split!r}: must be train, validation or test")
     _check(self.log_every_steps >= 1, f"--log_every_steps={self.log_every_steps}: must be >= 1")
     _check(self.min_frequency >= 1, f"--min_frequency={self.min_frequency}: must be >= 1")
+    _check(0.0 <= self.data_sub_sample_rate < 1.0,
+           f"--data_sub_sample_rate={self.data_sub_sample_rate}: must be in [0, 1)")
+    _check(0.0 <= self.target_auc <= 1.0, f"--target_auc={self.target_auc}: must be in [0, 1]")
     _check(self.synthetic_rows >= 1000,
            f"--synthetic_rows={self.synthetic_rows}: must be >= 1000 (7 days of data)")
     return self

@@ -34,6 +34,13 @@ flags.DEFINE_integer("max_ind_range", _D.max_ind_range,
                      "0 = no limit.")
 flags.DEFINE_integer("min_frequency", _D.min_frequency,
                      "Values seen fewer times in training share one id.")
+flags.DEFINE_float("data_sub_sample_rate", _D.data_sub_sample_rate,
+                   "Fraction of negative rows of the training days dropped while preprocessing "
+                   "(reference rule: a negative is dropped when its uniform draw < rate; "
+                   "Terabyte: 0.875). 0 = keep all.")
+flags.DEFINE_bool("strict", _D.strict,
+                  "Preprocessing: stop at the first bad raw row (printing file:line) instead of "
+                  "skipping and counting it.")
 # Model.
 flags.DEFINE_integer("embedding_dim", _D.embedding_dim, "Width of every embedding row.")
 flags.DEFINE_list("bottom_mlp", list(map(str, _D.bottom_mlp)),
@@ -60,6 +67,9 @@ flags.DEFINE_integer("max_steps", _D.max_steps, "Stop after this many steps; 0 =
 # Reporting.
 flags.DEFINE_integer("eval_every_steps", _D.eval_every_steps,
                      "Evaluate on validation every N steps; 0 = at the end only.")
+flags.DEFINE_float("target_auc", _D.target_auc,
+                   "Stop training once a validation evaluation reaches this AUC (MLPerf: "
+                   "0.8025); 0 = off.")
 flags.DEFINE_integer("log_every_steps", _D.log_every_steps,
                      "Log training loss and samples/s every N steps.")
 flags.DEFINE_bool("progress", _D.progress, "Show a progress bar.")
