@@ -66,7 +66,10 @@ def encode_unlabeled_raw(path: str, processed_dir: str) -> SplitArrays:
     raise ConfigError(f"--predict_file={path}: encoding raw unlabeled files is not available in "
                       f"this version of dlrm_jax.data yet; score a preprocessed split with "
                       f"--split instead")
-  return encode(path, processed_dir)
+  try:
+    return encode(path, processed_dir)
+  except ValueError as e:  # bad rows, an empty or a labelled file: a message, not a traceback
+    raise ConfigError(f"--predict_file: {e}") from None
 
 
 def score(m: Loaded, arrays: SplitArrays, batch_size: int) -> np.ndarray:

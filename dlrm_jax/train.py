@@ -21,7 +21,7 @@ from dlrm_jax.faults import Preempted, TrainingDiverged
 from dlrm_jax.preemption import PreemptionGuard
 from dlrm_jax.config import Config
 from dlrm_jax.data.loader import BatchLoader, check_batch_ids, open_split
-from dlrm_jax.datasets import resolve_dataset
+from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
 from dlrm_jax.model import DenseModel
 from dlrm_jax.planner import EmbeddingLayout, build_layout, choose_plans, plan_table
 from dlrm_jax.specs import table_specs
@@ -97,6 +97,7 @@ def load_components(config: Config, *, progress: bool) -> tuple[Components, str,
   config.validate(mesh.devices.size)
   processed, meta = resolve_dataset(config, progress=progress)
   c = build_components(config, mesh, meta["table_sizes"], meta["sparse_names"])
+  check_data_matches_model(config, meta, c.table_sizes)  # before any id reaches a table
   return c, processed, meta
 
 
@@ -195,6 +196,7 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
   bar = reporting.progress_bar(total_steps, start, config.batch_size,
                                config.progress and is_chief, "train")
   every = config.checkpoint_every_steps
+  target_reached = False
   with PreemptionGuard() as guard:
     for step, batch in enumerate(train_loader.iterate(start, max(0, total_steps - start)), start):
       check_batch_ids(batch["sparse"], c.table_sizes)
@@ -231,12 +233,20 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
                         f"{total_steps}; checkpoint saved to {store.step_path(done)}. To resume, "
                         f"run the same command again (same --workdir={config.workdir}).",
                         guard.signum)
+      if validation is not None and config.target_auc and validation["auc"] >= config.target_auc:
+        # --target_auc (MLPerf): stop here; this validation is the final one, already saved.
+        logging.info("validation AUC %.5f reached --target_auc=%g at step %d; stopping",
+                     validation["auc"], config.target_auc, done)
+        target_reached, total_steps = True, done
+        break
   bar.close()
-  validation = run_eval("validation", total_steps)
-  if start < total_steps:
-    save(total_steps, validation)
+  if not target_reached:
+    validation = run_eval("validation", total_steps)
+    if start < total_steps:
+      save(total_steps, validation)
   results = {"validation": validation, "test": run_eval("test", total_steps),
-             "steps": total_steps, "checkpoint": store.step_path(total_steps)}
+             "steps": total_steps, "checkpoint": store.step_path(total_steps),
+             "target_reached": target_reached}
   if best is not None:
     results["best_possible_auc"] = best
   return results
