@@ -62,12 +62,14 @@ class BadRowReport:
 
     def merge(self, other: dict[str, Any]) -> None:
         """Add a report saved with to_json() (e.g. a cached day's)."""
-        for kind, n in other.get("counts", {}).items():
-            if self.strict and n:
-                raise BadRowError(f"{other['first'][kind]}: {kind.replace('_', ' ')} (found by an earlier run "
-                                  f"without --strict; --strict stops at the first bad row)")
+        counts, first = other.get("counts", {}), other.get("first", {})
+        if self.strict and counts:
+            kind = min(counts, key=lambda k: int(first[k].rsplit(":", 1)[1]))  # one file's report: by line
+            raise BadRowError(f"{first[kind]}: {kind.replace('_', ' ')} (found by an earlier run without "
+                              f"--strict; --strict stops at the first bad row)")
+        for kind, n in counts.items():
             self.counts[kind] = self.counts.get(kind, 0) + n
-            self.first.setdefault(kind, other["first"][kind])
+            self.first.setdefault(kind, first[kind])
 
     @property
     def total(self) -> int:

@@ -252,7 +252,8 @@ def iter_parsed(
             nlines = chunk.num_rows
         except (pa.ArrowInvalid, ValueError):
             found = bad_rows.scan(buf, labeled, unterminated)
-            for kind, bad in found.bad.items():
+            # In line order, so --strict names the first bad line of the chunk.
+            for kind, bad in sorted(found.bad.items(), key=lambda item: item[1][0]):
                 report.record(kind, path, bad + line, found.samples[kind])
             lines = found.good_lines + line
             nlines = found.num_lines
