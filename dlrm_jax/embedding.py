@@ -30,7 +30,8 @@ import numpy as np
 from jax import lax
 
 from dlrm_jax.mesh import DATA_AXIS, MODEL_AXIS
-from dlrm_jax.planner import PLANS as PLAN_NAMES, EmbeddingLayout
+from dlrm_jax.planner import PLANS as PLAN_NAMES
+from dlrm_jax.planner import EmbeddingLayout
 
 
 class RoutedGradients(NamedTuple):
@@ -72,8 +73,9 @@ def _owned_table_wise(layout: EmbeddingLayout, ids_m: jax.Array):
 def _table_wise_columns(layout: EmbeddingLayout, features: tuple[int, ...]) -> np.ndarray:
   """Position of each table-wise feature in the [b, model*slots] all_to_all result."""
   s = max(layout.table_slots, 1)
-  return np.array([layout.placements[f].owner * s + layout.placements[f].slot
-                   for f in features], np.int32)
+  return np.array(
+    [layout.placements[f].owner * s + layout.placements[f].slot for f in features], np.int32
+  )
 
 
 def _owned_row_wise(layout: EmbeddingLayout, features: tuple[int, ...], ids_m: jax.Array):
@@ -164,11 +166,12 @@ def _flatten(rows: jax.Array, grads: jax.Array, valid: jax.Array) -> RoutedGradi
 def _concat(parts: list[RoutedGradients]) -> RoutedGradients:
   if len(parts) == 1:
     return parts[0]
-  return RoutedGradients(*(jnp.concatenate(xs, axis=0) for xs in zip(*parts)))
+  return RoutedGradients(*(jnp.concatenate(xs, axis=0) for xs in zip(*parts, strict=True)))
 
 
-def route_gradients(layout: EmbeddingLayout, ids: jax.Array,
-                    grads: jax.Array) -> dict[str, RoutedGradients]:
+def route_gradients(
+  layout: EmbeddingLayout, ids: jax.Array, grads: jax.Array
+) -> dict[str, RoutedGradients]:
   """Per-device reverse exchange: row gradients travel to the rows' owners.
 
   Args:
@@ -302,8 +305,9 @@ def init_buffers(layout: EmbeddingLayout, key: jax.Array) -> dict[str, jax.Array
   return out
 
 
-def logical_table(layout: EmbeddingLayout, buffers: dict[str, jax.Array | np.ndarray],
-                  index: int) -> np.ndarray:
+def logical_table(
+  layout: EmbeddingLayout, buffers: dict[str, jax.Array | np.ndarray], index: int
+) -> np.ndarray:
   """Host-side copy of table ``index`` as f32[rows, dim] (or its row-shaped slot).
 
   ``buffers`` are the global fused arrays (``state.tables`` or one slot of
@@ -316,16 +320,20 @@ def logical_table(layout: EmbeddingLayout, buffers: dict[str, jax.Array | np.nda
   r = layout.rows_per_shard
   if p.plan == "table":
     start = p.owner * r + p.offset
-    return full[start:start + p.spec.rows]
+    return full[start : start + p.spec.rows]
   if p.plan == "row":
-    parts = [full[k * r + p.offset:k * r + p.offset + min(p.chunk, p.spec.rows - k * p.chunk)]
-             for k in range(layout.model_size) if k * p.chunk < p.spec.rows]
+    parts = [
+      full[k * r + p.offset : k * r + p.offset + min(p.chunk, p.spec.rows - k * p.chunk)]
+      for k in range(layout.model_size)
+      if k * p.chunk < p.spec.rows
+    ]
     return np.concatenate(parts, axis=0)
-  return full[p.offset:p.offset + p.spec.rows]
+  return full[p.offset : p.offset + p.spec.rows]
 
 
-def exchange_bytes(layout: EmbeddingLayout, data_size: int, batch_size: int,
-                   id_bytes: int = 4, value_bytes: int = 4) -> dict[str, int]:
+def exchange_bytes(
+  layout: EmbeddingLayout, data_size: int, batch_size: int, id_bytes: int = 4, value_bytes: int = 4
+) -> dict[str, int]:
   """Bytes that all devices together send per training step, by phase.
 
   Mirrors the collectives of ``lookup`` and ``route_gradients`` on a
@@ -350,8 +358,13 @@ def exchange_bytes(layout: EmbeddingLayout, data_size: int, batch_size: int,
   out["forward"] = devices * (m - 1) * b * per_row * (s + counts["row"] + counts["column"] / m)
   # Backward over model: the reverse all_to_alls, the row-wise all_gather of
   # [b, Tr, D] and the replicated all_gather of [b, Tp, D].
-  out["backward"] = devices * (m - 1) * b * per_row * (
-      s + counts["row"] + counts["column"] / m + counts["replicated"])
+  out["backward"] = (
+    devices
+    * (m - 1)
+    * b
+    * per_row
+    * (s + counts["row"] + counts["column"] / m + counts["replicated"])
+  )
   # Backward over data: every data replica applies the global update, so the
   # routed (row, grad, valid) triples are all-gathered over data.
   routed_rows = b * m * (s + counts["row"]) * (per_row + id_bytes + 1)

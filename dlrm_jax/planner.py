@@ -24,10 +24,17 @@ from dlrm_jax.mesh import MODEL_AXIS
 from dlrm_jax.specs import TableSpec
 
 PLANS = ("table", "row", "column", "replicated")
-BUFFER_OF_PLAN = {"table": "sharded", "row": "sharded", "column": "column",
-                  "replicated": "replicated"}
-BUFFER_SPECS = {"sharded": P(MODEL_AXIS, None), "column": P(None, MODEL_AXIS),
-                "replicated": P(None, None)}
+BUFFER_OF_PLAN = {
+  "table": "sharded",
+  "row": "sharded",
+  "column": "column",
+  "replicated": "replicated",
+}
+BUFFER_SPECS = {
+  "sharded": P(MODEL_AXIS, None),
+  "column": P(None, MODEL_AXIS),
+  "replicated": P(None, None),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +76,22 @@ class EmbeddingLayout:
     return tuple(i for i, p in enumerate(self.placements) if p.plan == plan)
 
   def buffer_shapes(self) -> dict[str, tuple[int, int]]:
-    shapes = {"sharded": (self.model_size * self.rows_per_shard, self.dim),
-              "column": (self.column_rows, self.dim),
-              "replicated": (self.replicated_rows, self.dim)}
+    shapes = {
+      "sharded": (self.model_size * self.rows_per_shard, self.dim),
+      "column": (self.column_rows, self.dim),
+      "replicated": (self.replicated_rows, self.dim),
+    }
     return {k: v for k, v in shapes.items() if v[0] > 0}
 
   def shard_bytes(self, slot_floats_per_row: int = 0) -> list[int]:
     """Bytes of tables (+ optimizer slots) that each model shard allocates."""
     per_row = 4 * (self.dim + slot_floats_per_row)
-    col_row = 4 * (self.dim // self.model_size
-                   + _column_slot(slot_floats_per_row, self.dim, self.model_size))
-    return [self.rows_per_shard * per_row + self.column_rows * col_row
-            + self.replicated_rows * per_row] * self.model_size
+    col_row = 4 * (
+      self.dim // self.model_size + _column_slot(slot_floats_per_row, self.dim, self.model_size)
+    )
+    return [
+      self.rows_per_shard * per_row + self.column_rows * col_row + self.replicated_rows * per_row
+    ] * self.model_size
 
   def table_bytes_per_device(self, index: int, slot_floats_per_row: int = 0) -> list[int]:
     """Bytes of table ``index`` (+ slots) on each model shard."""
@@ -92,8 +103,9 @@ class EmbeddingLayout:
     if p.plan == "row":
       return [min(p.chunk, max(0, p.spec.rows - k * p.chunk)) * row_bytes for k in range(m)]
     if p.plan == "column":
-      return [p.spec.rows * 4 * (p.spec.dim // m
-                                 + _column_slot(slot_floats_per_row, p.spec.dim, m))] * m
+      return [
+        p.spec.rows * 4 * (p.spec.dim // m + _column_slot(slot_floats_per_row, p.spec.dim, m))
+      ] * m
     return [p.spec.rows * row_bytes] * m
 
 
@@ -129,8 +141,13 @@ class _Loads:
 
   def best_owner(self, nbytes: int, lookups: float) -> int:
     def score(k: int) -> tuple[float, int, int]:
-      return ((self.bytes[k] + nbytes) / self._byte_share
-              + (self.lookups[k] + lookups) / self._lookup_share, self.count[k], k)
+      return (
+        (self.bytes[k] + nbytes) / self._byte_share
+        + (self.lookups[k] + lookups) / self._lookup_share,
+        self.count[k],
+        k,
+      )
+
     return min(range(len(self.bytes)), key=score)
 
   def add_table(self, owner: int, nbytes: int, lookups: float) -> None:
@@ -149,13 +166,21 @@ def _spread_bytes(spec: TableSpec, plan: str, model_size: int, slot_floats_per_r
   if plan == "row":
     return _ceil_div(spec.rows, model_size) * _row_bytes(spec, slot_floats_per_row)
   if plan == "column":
-    return spec.rows * 4 * (spec.dim // model_size
-                            + _column_slot(slot_floats_per_row, spec.dim, model_size))
+    return (
+      spec.rows
+      * 4
+      * (spec.dim // model_size + _column_slot(slot_floats_per_row, spec.dim, model_size))
+    )
   return spec.rows * _row_bytes(spec, slot_floats_per_row)
 
 
-def _split_plan(spec: TableSpec, model_size: int, min_column_floats: int,
-                slot_floats_per_row: int, memory_slack: float) -> str:
+def _split_plan(
+  spec: TableSpec,
+  model_size: int,
+  min_column_floats: int,
+  slot_floats_per_row: int,
+  memory_slack: float,
+) -> str:
   # min_column_floats lets accelerators that gather narrow rows slowly keep
   # wide pieces. Row-wise Adagrad's per-row accumulator is whole on every
   # column shard, which can make columns cost more memory than rows.
@@ -167,13 +192,16 @@ def _split_plan(spec: TableSpec, model_size: int, min_column_floats: int,
   return "row"
 
 
-def _check_overrides(specs: Sequence[TableSpec], default: str,
-                     overrides: Mapping[str, str]) -> None:
+def _check_overrides(
+  specs: Sequence[TableSpec], default: str, overrides: Mapping[str, str]
+) -> None:
   names = {s.name for s in specs}
   for name, plan in overrides.items():
     if name not in names:
-      raise ValueError(f"--table_sharding names table {name!r}, which does not exist; "
-                       f"tables are {', '.join(s.name for s in specs)}")
+      raise ValueError(
+        f"--table_sharding names table {name!r}, which does not exist; "
+        f"tables are {', '.join(s.name for s in specs)}"
+      )
     if plan not in PLANS:
       raise ValueError(f"--table_sharding={name}:{plan}: plan must be one of {', '.join(PLANS)}")
   if default != "auto" and default not in PLANS:
@@ -182,18 +210,27 @@ def _check_overrides(specs: Sequence[TableSpec], default: str,
 
 def _refuse(need: int, device_memory_bytes: int, what: str) -> ValueError:
   return ValueError(
-      f"{what} needs {need / 2**30:.3f} GiB of tables and optimizer state on the fullest "
-      f"device but --device_memory_gb allows {device_memory_bytes / 2**30:.3f} GiB; use more "
-      f"model shards (--mesh_shape), row-wise sharding (--sharding=row or "
-      f"--table_sharding=NAME:row), a smaller --embedding_dim, or --max_ind_range")
+    f"{what} needs {need / 2**30:.3f} GiB of tables and optimizer state on the fullest "
+    f"device but --device_memory_gb allows {device_memory_bytes / 2**30:.3f} GiB; use more "
+    f"model shards (--mesh_shape), row-wise sharding (--sharding=row or "
+    f"--table_sharding=NAME:row), a smaller --embedding_dim, or --max_ind_range"
+  )
 
 
-def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = "auto",
-                 overrides: Mapping[str, str] | None = None, slot_floats_per_row: int = 0,
-                 device_memory_bytes: int | None = None,
-                 lookups: Sequence[float] | None = None, slack: float = 0.05,
-                 small_share: float = 0.1, min_column_floats: int = 1,
-                 column_memory_slack: float = 0.25) -> list[str]:
+def choose_plans(
+  specs: Sequence[TableSpec],
+  model_size: int,
+  *,
+  default: str = "auto",
+  overrides: Mapping[str, str] | None = None,
+  slot_floats_per_row: int = 0,
+  device_memory_bytes: int | None = None,
+  lookups: Sequence[float] | None = None,
+  slack: float = 0.05,
+  small_share: float = 0.1,
+  min_column_floats: int = 1,
+  column_memory_slack: float = 0.25,
+) -> list[str]:
   """One plan per table: ``overrides`` first, then ``default`` unless 'auto'.
 
   'auto' visits the remaining tables largest first. A table stays whole on one
@@ -216,16 +253,19 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
   overrides = dict(overrides or {})
   _check_overrides(specs, default, overrides)
   lookups = list(lookups) if lookups is not None else [1.0] * len(specs)
-  plans: list[str | None] = [overrides.get(s.name) or (None if default == "auto" else default)
-                             for s in specs]
-  for s, plan in zip(specs, plans):
+  plans: list[str | None] = [
+    overrides.get(s.name) or (None if default == "auto" else default) for s in specs
+  ]
+  for s, plan in zip(specs, plans, strict=True):
     if plan == "column" and s.dim % model_size:
-      raise ValueError(f"table {s.name}: column-wise sharding needs embedding_dim ({s.dim}) "
-                       f"divisible by the model axis size ({model_size}); "
-                       f"change --sharding/--table_sharding or --mesh_shape")
+      raise ValueError(
+        f"table {s.name}: column-wise sharding needs embedding_dim ({s.dim}) "
+        f"divisible by the model axis size ({model_size}); "
+        f"change --sharding/--table_sharding or --mesh_shape"
+      )
   total = sum(s.rows * _row_bytes(s, slot_floats_per_row) for s in specs)
   loads = _Loads(model_size, total / model_size, sum(lookups) / model_size)
-  for i, (s, plan) in enumerate(zip(specs, plans)):
+  for i, (s, plan) in enumerate(zip(specs, plans, strict=True)):
     if plan in ("row", "column", "replicated"):
       loads.add_everywhere(_spread_bytes(s, plan, model_size, slot_floats_per_row), lookups[i])
   order = sorted(range(len(specs)), key=lambda i: (-specs[i].rows, i))
@@ -253,19 +293,24 @@ def choose_plans(specs: Sequence[TableSpec], model_size: int, *, default: str = 
       plans[i] = "table"
       loads.add_table(owner, nbytes, lookups[i])
     else:
-      plans[i] = _split_plan(s, model_size, min_column_floats, slot_floats_per_row,
-                             column_memory_slack)
-      loads.add_everywhere(_spread_bytes(s, plans[i], model_size, slot_floats_per_row),
-                           lookups[i])
+      plans[i] = _split_plan(
+        s, model_size, min_column_floats, slot_floats_per_row, column_memory_slack
+      )
+      loads.add_everywhere(_spread_bytes(s, plans[i], model_size, slot_floats_per_row), lookups[i])
   if device_memory_bytes is not None and max(loads.bytes) > device_memory_bytes:
     raise _refuse(max(loads.bytes), device_memory_bytes, "the embedding plan")
   return plans
 
 
-def build_layout(specs: Sequence[TableSpec], plans: Sequence[str], model_size: int,
-                 *, device_memory_bytes: int | None = None,
-                 slot_floats_per_row: int = 0,
-                 lookups: Sequence[float] | None = None) -> EmbeddingLayout:
+def build_layout(
+  specs: Sequence[TableSpec],
+  plans: Sequence[str],
+  model_size: int,
+  *,
+  device_memory_bytes: int | None = None,
+  slot_floats_per_row: int = 0,
+  lookups: Sequence[float] | None = None,
+) -> EmbeddingLayout:
   """Places tables given their plans.
 
   Table-wise tables go, largest first, to the shard with the least load after
@@ -281,7 +326,7 @@ def build_layout(specs: Sequence[TableSpec], plans: Sequence[str], model_size: i
   loads = _Loads(model_size, total / model_size, sum(lookups) / model_size)
   placements: list[TablePlacement | None] = [None] * len(specs)
   offset = 0
-  for i, (s, plan) in enumerate(zip(specs, plans)):
+  for i, (s, plan) in enumerate(zip(specs, plans, strict=True)):
     if plan == "row":
       chunk = _ceil_div(s.rows, model_size)
       placements[i] = TablePlacement(s, "row", offset=offset, chunk=chunk)
@@ -289,24 +334,31 @@ def build_layout(specs: Sequence[TableSpec], plans: Sequence[str], model_size: i
     if plan in ("row", "column", "replicated"):
       loads.add_everywhere(_spread_bytes(s, plan, model_size, slot_floats_per_row), lookups[i])
   local_rows = [offset] * model_size
-  table_wise = sorted((i for i, p in enumerate(plans) if p == "table"),
-                      key=lambda i: (-specs[i].rows, i))
+  table_wise = sorted(
+    (i for i, p in enumerate(plans) if p == "table"), key=lambda i: (-specs[i].rows, i)
+  )
   for i in table_wise:
     nbytes = specs[i].rows * _row_bytes(specs[i], slot_floats_per_row)
     owner = loads.best_owner(nbytes, lookups[i])
-    placements[i] = TablePlacement(specs[i], "table", offset=local_rows[owner], owner=owner,
-                                   slot=loads.count[owner])
+    placements[i] = TablePlacement(
+      specs[i], "table", offset=local_rows[owner], owner=owner, slot=loads.count[owner]
+    )
     loads.add_table(owner, nbytes, lookups[i])
     local_rows[owner] += specs[i].rows
   flat_offsets = {"column": 0, "replicated": 0}
-  for i, (s, plan) in enumerate(zip(specs, plans)):
+  for i, (s, plan) in enumerate(zip(specs, plans, strict=True)):
     if plan in flat_offsets:
       placements[i] = TablePlacement(s, plan, offset=flat_offsets[plan])
       flat_offsets[plan] += s.rows
   layout = EmbeddingLayout(
-      placements=tuple(placements), model_size=model_size, dim=dim,
-      rows_per_shard=max(local_rows), column_rows=flat_offsets["column"],
-      replicated_rows=flat_offsets["replicated"], table_slots=max(loads.count))
+    placements=tuple(placements),
+    model_size=model_size,
+    dim=dim,
+    rows_per_shard=max(local_rows),
+    column_rows=flat_offsets["column"],
+    replicated_rows=flat_offsets["replicated"],
+    table_slots=max(loads.count),
+  )
   if device_memory_bytes is not None:
     need = max(layout.shard_bytes(slot_floats_per_row))
     if need > device_memory_bytes:
@@ -314,16 +366,34 @@ def build_layout(specs: Sequence[TableSpec], plans: Sequence[str], model_size: i
   return layout
 
 
-def plan_layout(specs: Sequence[TableSpec], model_size: int, *, default: str = "auto",
-                overrides: Mapping[str, str] | None = None, slot_floats_per_row: int = 0,
-                device_memory_bytes: int | None = None,
-                lookups: Sequence[float] | None = None) -> EmbeddingLayout:
+def plan_layout(
+  specs: Sequence[TableSpec],
+  model_size: int,
+  *,
+  default: str = "auto",
+  overrides: Mapping[str, str] | None = None,
+  slot_floats_per_row: int = 0,
+  device_memory_bytes: int | None = None,
+  lookups: Sequence[float] | None = None,
+) -> EmbeddingLayout:
   """``choose_plans`` then ``build_layout``: the planner's whole decision."""
-  plans = choose_plans(specs, model_size, default=default, overrides=overrides,
-                       slot_floats_per_row=slot_floats_per_row,
-                       device_memory_bytes=device_memory_bytes, lookups=lookups)
-  return build_layout(specs, plans, model_size, device_memory_bytes=device_memory_bytes,
-                      slot_floats_per_row=slot_floats_per_row, lookups=lookups)
+  plans = choose_plans(
+    specs,
+    model_size,
+    default=default,
+    overrides=overrides,
+    slot_floats_per_row=slot_floats_per_row,
+    device_memory_bytes=device_memory_bytes,
+    lookups=lookups,
+  )
+  return build_layout(
+    specs,
+    plans,
+    model_size,
+    device_memory_bytes=device_memory_bytes,
+    slot_floats_per_row=slot_floats_per_row,
+    lookups=lookups,
+  )
 
 
 def plan_table(layout: EmbeddingLayout, slot_floats_per_row: int = 0) -> str:
@@ -332,18 +402,34 @@ def plan_table(layout: EmbeddingLayout, slot_floats_per_row: int = 0) -> str:
   for i, p in enumerate(layout.placements):
     per_dev = layout.table_bytes_per_device(i, slot_floats_per_row)
     devs = [k for k, b in enumerate(per_dev) if b]
-    where = (f"{devs[0]}" if len(devs) == 1 else
-             "all" if len(devs) == layout.model_size else ",".join(map(str, devs)))
-    lines.append(f"{p.spec.name:<8} {p.spec.rows:>10} {p.plan:<10} {where:<12} "
-                 f"{format_bytes(max(per_dev)):>12}")
-  totals = [sum(layout.table_bytes_per_device(i, slot_floats_per_row)[k]
-                for i in range(len(layout.placements))) for k in range(layout.model_size)]
-  lines.append("total bytes per model shard: "
-               + ", ".join(f"{k}: {format_bytes(t)}" for k, t in enumerate(totals)))
+    where = (
+      f"{devs[0]}"
+      if len(devs) == 1
+      else "all"
+      if len(devs) == layout.model_size
+      else ",".join(map(str, devs))
+    )
+    lines.append(
+      f"{p.spec.name:<8} {p.spec.rows:>10} {p.plan:<10} {where:<12} "
+      f"{format_bytes(max(per_dev)):>12}"
+    )
+  totals = [
+    sum(
+      layout.table_bytes_per_device(i, slot_floats_per_row)[k]
+      for i in range(len(layout.placements))
+    )
+    for k in range(layout.model_size)
+  ]
+  lines.append(
+    "total bytes per model shard: "
+    + ", ".join(f"{k}: {format_bytes(t)}" for k, t in enumerate(totals))
+  )
   mean = sum(totals) / len(totals)
-  lines.append(f"max {format_bytes(max(totals))}, max/mean {max(totals) / max(mean, 1):.3f}; "
-               f"allocated with padding {format_bytes(layout.shard_bytes(slot_floats_per_row)[0])}"
-               f" per shard (tables + optimizer slots; replicated over the data axis)")
+  lines.append(
+    f"max {format_bytes(max(totals))}, max/mean {max(totals) / max(mean, 1):.3f}; "
+    f"allocated with padding {format_bytes(layout.shard_bytes(slot_floats_per_row)[0])}"
+    f" per shard (tables + optimizer slots; replicated over the data axis)"
+  )
   return "\n".join(lines)
 
 

@@ -28,13 +28,14 @@ MIXED_OVERRIDES = {"C2": "row", "C4": "row", "C6": "replicated"}
 
 
 def specs(rows=ROWS):
-  return table_specs(list(NAMES[:len(rows)]), list(rows), DIM)
+  return table_specs(list(NAMES[: len(rows)]), list(rows), DIM)
 
 
 def layout_for(plan: str, model_size: int, slot_floats: int = 0) -> EmbeddingLayout:
   if plan == "mixed":
-    return plan_layout(specs(), model_size, overrides=MIXED_OVERRIDES,
-                       slot_floats_per_row=slot_floats)
+    return plan_layout(
+      specs(), model_size, overrides=MIXED_OVERRIDES, slot_floats_per_row=slot_floats
+    )
   return plan_layout(specs(), model_size, default=plan, slot_floats_per_row=slot_floats)
 
 
@@ -52,35 +53,41 @@ def make_batch(step: int, rows=ROWS, batch: int = BATCH) -> dict[str, np.ndarray
     ids[8:20, t] = ids[step % 8, t]  # one row looked up 13 times, across devices
     ids[20:24, t] = r - 1
   rng.shuffle(ids, axis=0)
-  return {"dense": rng.normal(size=(batch, 13)).astype(np.float32),
-          "sparse": ids,
-          "label": (rng.random(batch) < 0.4).astype(np.float32),
-          "mask": np.ones(batch, np.float32)}
+  return {
+    "dense": rng.normal(size=(batch, 13)).astype(np.float32),
+    "sparse": ids,
+    "label": (rng.random(batch) < 0.4).astype(np.float32),
+    "mask": np.ones(batch, np.float32),
+  }
 
 
 class Sharded:
   """State and compiled steps of one (mesh, plan, optimizer) combination."""
 
   def __init__(self, mesh_shape, plan: str, optimizer: str, seed: int = 0):
-    self.mesh = mesh_lib.make_mesh(mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])
+    self.mesh = mesh_lib.make_mesh(mesh_shape, jax.devices()[: int(np.prod(mesh_shape))])
     self.opt = SparseOptimizer(optimizer, LR)
-    self.layout = layout_for(plan, mesh_lib.model_size(self.mesh),
-                             self.opt.slot_floats_per_row(DIM))
+    self.layout = layout_for(
+      plan, mesh_lib.model_size(self.mesh), self.opt.slot_floats_per_row(DIM)
+    )
     self.tx = dense_optimizer(optimizer, LR)
     self.model = model()
-    self.state = create_train_state(self.model, self.layout, self.opt, self.tx, self.mesh,
-                                    jax.random.key(seed))
+    self.state = create_train_state(
+      self.model, self.layout, self.opt, self.tx, self.mesh, jax.random.key(seed)
+    )
     abstract = jax.eval_shape(lambda s: s, self.state)
-    self.train_step = make_train_step(self.model, self.layout, self.opt, self.tx, self.mesh,
-                                      abstract)
+    self.train_step = make_train_step(
+      self.model, self.layout, self.opt, self.tx, self.mesh, abstract
+    )
     self.eval_step = make_eval_step(self.model, self.layout, self.mesh, abstract)
 
   def put(self, batch):
     return jax.device_put(batch, batch_shardings(self.mesh))
 
   def tables(self) -> list[np.ndarray]:
-    return [logical_table(self.layout, self.state.tables, t)
-            for t in range(len(self.layout.placements))]
+    return [
+      logical_table(self.layout, self.state.tables, t) for t in range(len(self.layout.placements))
+    ]
 
 
 def _lookup(tables, ids):
@@ -107,8 +114,9 @@ def reference_train(dense_model, params, tables, batches, optimizer: str):
   tx = dense_optimizer(optimizer, LR)
   table_tx = tx if optimizer != "rowwise_adagrad" else None
   opt_state = tx.init(params)
-  table_state = (table_tx.init(tables) if table_tx is not None
-                 else [jnp.zeros(t.shape[0]) for t in tables])
+  table_state = (
+    table_tx.init(tables) if table_tx is not None else [jnp.zeros(t.shape[0]) for t in tables]
+  )
   losses = []
 
   @jax.jit
@@ -120,14 +128,17 @@ def reference_train(dense_model, params, tables, batches, optimizer: str):
       ut, table_state = table_tx.update(gt, table_state, tables)
       tables = optax.apply_updates(tables, ut)
     else:
-      acc = [a + jnp.mean(g * g, axis=1) for a, g in zip(table_state, gt)]
-      tables = [t - LR * g * jax.lax.rsqrt(a + 1e-7)[:, None]
-                for t, g, a in zip(tables, gt, acc)]
+      acc = [a + jnp.mean(g * g, axis=1) for a, g in zip(table_state, gt, strict=True)]
+      tables = [
+        t - LR * g * jax.lax.rsqrt(a + 1e-7)[:, None]
+        for t, g, a in zip(tables, gt, acc, strict=True)
+      ]
       table_state = acc
     return params, tables, opt_state, table_state, loss
 
   for batch in batches:
-    params, tables, opt_state, table_state, loss = step(params, tables, opt_state, table_state,
-                                                        batch)
+    params, tables, opt_state, table_state, loss = step(
+      params, tables, opt_state, table_state, batch
+    )
     losses.append(float(loss))
   return params, [np.asarray(t) for t in tables], losses

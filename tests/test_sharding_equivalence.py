@@ -9,10 +9,17 @@ import functools
 import jax
 import numpy as np
 import pytest
+from sharding_testlib import (
+  BATCH,
+  DIM,
+  ROWS,
+  Sharded,
+  make_batch,
+  reference_logits,
+  reference_train,
+)
 
 from dlrm_jax.planner import BUFFER_SPECS
-from sharding_testlib import (BATCH, DIM, ROWS, Sharded, make_batch, reference_logits,
-                              reference_train)
 
 MESHES = [(8,), (2, 4)]
 PLANS = ["table", "row", "column", "replicated", "mixed"]
@@ -30,19 +37,29 @@ def batches():
 def run(mesh_shape, plan, optimizer):
   """Trains one combination; keeps what the tests compare (the state is donated)."""
   s = Sharded(mesh_shape, plan, optimizer)
-  init = {"params": jax.device_get(s.state.params), "tables": s.tables(),
-          "shards": {name: [(sh.device, sh.index, np.asarray(sh.data))
-                            for sh in buf.addressable_shards]
-                     for name, buf in s.state.tables.items()},
-          "specs": {name: buf.sharding.spec for name, buf in s.state.tables.items()}}
+  init = {
+    "params": jax.device_get(s.state.params),
+    "tables": s.tables(),
+    "shards": {
+      name: [(sh.device, sh.index, np.asarray(sh.data)) for sh in buf.addressable_shards]
+      for name, buf in s.state.tables.items()
+    },
+    "specs": {name: buf.sharding.spec for name, buf in s.state.tables.items()},
+  }
   forward = np.asarray(s.eval_step(s.state, s.put(batches()[0])))
   losses = []
   for batch in batches():
     s.state, metrics = s.train_step(s.state, s.put(batch))
     losses.append(metrics["loss"])
-  return {"sharded": s, "init": init, "forward": forward, "losses": np.asarray(losses),
-          "params": jax.device_get(s.state.params), "tables": s.tables(),
-          "compiles": s.train_step._cache_size()}
+  return {
+    "sharded": s,
+    "init": init,
+    "forward": forward,
+    "losses": np.asarray(losses),
+    "params": jax.device_get(s.state.params),
+    "tables": s.tables(),
+    "compiles": s.train_step._cache_size(),
+  }
 
 
 @functools.cache
@@ -50,12 +67,19 @@ def reference(optimizer):
   """One device, whole-table gradients, from the same initial values (layout-independent)."""
   r = run((8,), "table", optimizer)
   model = r["sharded"].model
-  params, tables, losses = reference_train(model, r["init"]["params"], r["init"]["tables"],
-                                           batches(), optimizer)
-  forward = np.asarray(reference_logits(model, r["init"]["params"], r["init"]["tables"],
-                                        batches()[0]))
-  return {"init": r["init"], "forward": forward, "params": params, "tables": tables,
-          "losses": np.asarray(losses)}
+  params, tables, losses = reference_train(
+    model, r["init"]["params"], r["init"]["tables"], batches(), optimizer
+  )
+  forward = np.asarray(
+    reference_logits(model, r["init"]["params"], r["init"]["tables"], batches()[0])
+  )
+  return {
+    "init": r["init"],
+    "forward": forward,
+    "params": params,
+    "tables": tables,
+    "losses": np.asarray(losses),
+  }
 
 
 def test_sharding_test_ids_hit_every_shard_and_repeat():
@@ -74,16 +98,22 @@ def test_sharding_test_ids_hit_every_shard_and_repeat():
 def test_sharding_matches_single_device(mesh_shape, plan, optimizer):
   r, ref = run(mesh_shape, plan, optimizer), reference(optimizer)
   if plan == "mixed":
-    assert {p.plan for p in r["sharded"].layout.placements} == {"table", "row", "column",
-                                                                 "replicated"}
+    assert {p.plan for p in r["sharded"].layout.placements} == {
+      "table",
+      "row",
+      "column",
+      "replicated",
+    }
   # Same start on every mesh and plan, so the comparison below is meaningful.
-  for a, b in zip(r["init"]["tables"], ref["init"]["tables"]):
+  for a, b in zip(r["init"]["tables"], ref["init"]["tables"], strict=True):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_allclose(r["forward"], ref["forward"], atol=TOL, rtol=0)
   np.testing.assert_allclose(r["losses"], ref["losses"], atol=TOL, rtol=0)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=TOL, rtol=0),
-               r["params"], ref["params"])
-  for t, (a, b, a0) in enumerate(zip(r["tables"], ref["tables"], r["init"]["tables"])):
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=TOL, rtol=0), r["params"], ref["params"]
+  )
+  finals = zip(r["tables"], ref["tables"], r["init"]["tables"], strict=True)
+  for t, (a, b, a0) in enumerate(finals):
     assert a.shape == (ROWS[t], DIM)
     np.testing.assert_allclose(a, b, atol=TOL, rtol=0, err_msg=f"table {t}")
     # Updates are well above the tolerance: a wrong gradient scale would show.
@@ -103,8 +133,9 @@ def test_sharding_tables_live_where_the_plan_says(mesh_shape, plan):
   for name, shards in init["shards"].items():
     assert init["specs"][name] == BUFFER_SPECS[name]
     rows, dim = shapes[name]
-    want = {"sharded": (rows // m, dim), "column": (rows, dim // m),
-            "replicated": (rows, dim)}[name]
+    want = {"sharded": (rows // m, dim), "column": (rows, dim // m), "replicated": (rows, dim)}[
+      name
+    ]
     assert len(shards) == mesh.devices.size
     assert all(data.shape == want for _, _, data in shards), name
   for t, p in enumerate(layout.placements):
@@ -113,7 +144,7 @@ def test_sharding_tables_live_where_the_plan_says(mesh_shape, plan):
       k = model_index[device]
       if p.plan == "column":
         cols = slice(k * DIM // m, (k + 1) * DIM // m)
-        np.testing.assert_array_equal(data[p.offset:p.offset + p.spec.rows], table[:, cols])
+        np.testing.assert_array_equal(data[p.offset : p.offset + p.spec.rows], table[:, cols])
         continue
       # Rows are distinct random vectors, so a row's presence is checked by value.
       held = {row.tobytes() for row in data}

@@ -1,10 +1,11 @@
-"""The compiled train step: the expected collectives, none table-sized, small temporaries, donation."""
+"""The compiled train step: expected collectives, none table-sized, small temporaries, donation."""
 
 import re
 
 import jax
 import numpy as np
 import pytest
+from sharding_testlib import DIM, LR, MIXED_OVERRIDES, NAMES, make_batch, model
 
 from dlrm_jax import mesh as mesh_lib
 from dlrm_jax.planner import plan_layout
@@ -12,16 +13,28 @@ from dlrm_jax.sparse_optim import SparseOptimizer
 from dlrm_jax.specs import table_specs
 from dlrm_jax.train_state import create_train_state, dense_optimizer
 from dlrm_jax.train_step import batch_shardings, make_train_step
-from sharding_testlib import DIM, LR, MIXED_OVERRIDES, NAMES, make_batch, model
 
 # Tables large against the batch (64 examples), so a table-sized collective or
 # temporary cannot hide among the batch-sized ones.
 ROWS = (120_000, 80_000, 40_000, 20_000, 12_000, 8_000, 3_000, 2_000)
-COLLECTIVE = re.compile(r"=\s*(.+?)\s+(all-reduce|all-gather|all-to-all|reduce-scatter|"
-                        r"collective-permute)(?:-start)?\(")
+COLLECTIVE = re.compile(
+  r"=\s*(.+?)\s+(all-reduce|all-gather|all-to-all|reduce-scatter|"
+  r"collective-permute)(?:-start)?\("
+)
 SHAPE = re.compile(r"(pred|s32|u32|f32|bf16|f16|s8|u8|f64|s64|u64)\[([\d,]*)\]")
-BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
-         "f64": 8, "s64": 8, "u64": 8}
+BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "bf16": 2,
+  "f16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "f64": 8,
+  "s64": 8,
+  "u64": 8,
+}
 
 
 def collectives(hlo: str) -> list[tuple[str, int]]:
@@ -30,8 +43,10 @@ def collectives(hlo: str) -> list[tuple[str, int]]:
   for line in hlo.splitlines():
     m = COLLECTIVE.search(line)
     if m:
-      size = sum(BYTES[t] * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
-                 for t, dims in SHAPE.findall(m.group(1)))
+      size = sum(
+        BYTES[t] * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
+        for t, dims in SHAPE.findall(m.group(1))
+      )
       out.append((m.group(2), size))
   return out
 
@@ -39,21 +54,29 @@ def collectives(hlo: str) -> list[tuple[str, int]]:
 def compiled_step(mesh_shape, optimizer):
   mesh = mesh_lib.make_mesh(mesh_shape)
   opt = SparseOptimizer(optimizer, LR)
-  layout = plan_layout(table_specs(list(NAMES), list(ROWS), DIM), mesh_lib.model_size(mesh),
-                       overrides=MIXED_OVERRIDES, slot_floats_per_row=opt.slot_floats_per_row(DIM))
+  layout = plan_layout(
+    table_specs(list(NAMES), list(ROWS), DIM),
+    mesh_lib.model_size(mesh),
+    overrides=MIXED_OVERRIDES,
+    slot_floats_per_row=opt.slot_floats_per_row(DIM),
+  )
   tx, dense_model = dense_optimizer(optimizer, LR), model()
   # Abstract state carrying its shardings: compiling needs no table in memory.
-  abstract = jax.eval_shape(lambda k: create_train_state(dense_model, layout, opt, tx, mesh, k),
-                            jax.random.key(0))
+  abstract = jax.eval_shape(
+    lambda k: create_train_state(dense_model, layout, opt, tx, mesh, k), jax.random.key(0)
+  )
   step = make_train_step(dense_model, layout, opt, tx, mesh, abstract)
   shardings = batch_shardings(mesh)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
-           for k, v in make_batch(0, ROWS).items()}
+  batch = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
+    for k, v in make_batch(0, ROWS).items()
+  }
   return layout, step.lower(abstract, batch).compile()
 
 
-@pytest.mark.parametrize("mesh_shape,optimizer", [((8,), "sgd"), ((2, 4), "adagrad")],
-                         ids=["8-sgd", "2x4-adagrad"])
+@pytest.mark.parametrize(
+  "mesh_shape,optimizer", [((8,), "sgd"), ((2, 4), "adagrad")], ids=["8-sgd", "2x4-adagrad"]
+)
 def test_sharding_compiled_step_has_no_table_sized_collective_or_temp(mesh_shape, optimizer):
   layout, compiled = compiled_step(mesh_shape, optimizer)
   assert {p.plan for p in layout.placements} == {"table", "row", "column", "replicated"}
