@@ -350,26 +350,29 @@ def exchange_bytes(
   s = max(layout.table_slots, 1) if counts["table"] else 0
   out = {"ids": 0, "forward": 0, "backward": 0, "backward_data": 0}
   if any(counts[p] for p in ("table", "row", "column")):
-    # ids all_gather over model, once forward and once backward.
-    out["ids"] = 2 * devices * (m - 1) * b * len(layout.placements) * id_bytes
+    # ids all_gather over model (XLA merges the forward and backward ones).
+    out["ids"] = devices * (m - 1) * b * len(layout.placements) * id_bytes
   per_row = dim * value_bytes
   # Forward: table-wise all_to_all of [b*m, S, D]; row-wise psum_scatter of
   # [b*m, Tr, D]; column-wise all_to_all of [b*m, Tc, D/m].
   out["forward"] = devices * (m - 1) * b * per_row * (s + counts["row"] + counts["column"] / m)
   # Backward over model: the reverse all_to_alls, the row-wise all_gather of
-  # [b, Tr, D] and the replicated all_gather of [b, Tp, D].
+  # [b, Tr, D] and the replicated all_gather of rows and [b, Tp, D].
   out["backward"] = (
     devices
     * (m - 1)
     * b
-    * per_row
-    * (s + counts["row"] + counts["column"] / m + counts["replicated"])
+    * (
+      per_row * (s + counts["row"] + counts["column"] / m + counts["replicated"])
+      + id_bytes * counts["replicated"]
+    )
   )
   # Backward over data: every data replica applies the global update, so the
-  # routed (row, grad, valid) triples are all-gathered over data.
+  # routed (row, grad) pairs are all-gathered over data, with a validity byte
+  # where some entries belong to other shards (table-wise slots, row-wise).
   routed_rows = b * m * (s + counts["row"]) * (per_row + id_bytes + 1)
-  routed_rows += b * m * counts["column"] * (per_row // m + id_bytes + 1)
-  routed_rows += b * m * counts["replicated"] * (per_row + id_bytes + 1)
+  routed_rows += b * m * counts["column"] * (per_row // m + id_bytes)
+  routed_rows += b * m * counts["replicated"] * (per_row + id_bytes)
   out["backward_data"] = devices * (d - 1) * routed_rows
   out["total"] = sum(out.values())
   out["minimum"] = batch_size * len(layout.placements) * per_row

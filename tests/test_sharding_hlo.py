@@ -5,9 +5,10 @@ import re
 import jax
 import numpy as np
 import pytest
-from sharding_testlib import DIM, LR, MIXED_OVERRIDES, NAMES, make_batch, model
+from sharding_testlib import BATCH, DIM, LR, MIXED_OVERRIDES, NAMES, make_batch, model
 
 from dlrm_jax import mesh as mesh_lib
+from dlrm_jax.embedding import exchange_bytes
 from dlrm_jax.planner import plan_layout
 from dlrm_jax.sparse_optim import SparseOptimizer
 from dlrm_jax.specs import table_specs
@@ -37,17 +38,21 @@ BYTES = {
 }
 
 
-def collectives(hlo: str) -> list[tuple[str, int]]:
-  """(op, result bytes) of every collective in compiled HLO text."""
+GROUP = re.compile(r"replica_groups=\{\{([\d,]+)\}")
+
+
+def collectives(hlo: str) -> list[tuple[str, int, int]]:
+  """(op, result bytes per device, group size) of every collective in compiled HLO text."""
   out = []
   for line in hlo.splitlines():
     m = COLLECTIVE.search(line)
     if m:
+      group = len(GROUP.search(line).group(1).split(","))
       size = sum(
         BYTES[t] * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
         for t, dims in SHAPE.findall(m.group(1))
       )
-      out.append((m.group(2), size))
+      out.append((m.group(2), size, group))
   return out
 
 
@@ -81,15 +86,26 @@ def test_sharding_compiled_step_has_no_table_sized_collective_or_temp(mesh_shape
   layout, compiled = compiled_step(mesh_shape, optimizer)
   assert {p.plan for p in layout.placements} == {"table", "row", "column", "replicated"}
   ops = collectives(compiled.as_text())
-  kinds = {op for op, _ in ops}
+  kinds = {op for op, _, _ in ops}
   # table-wise / column-wise all_to_all, row-wise reduce-scatter, id and
   # gradient all-gathers, the dense-gradient all-reduce.
   assert {"all-to-all", "reduce-scatter", "all-gather", "all-reduce"} <= kinds, kinds
   smallest_table = min(ROWS) * DIM * 4
   largest_table = max(ROWS) * DIM * 4
-  too_big = [(op, size) for op, size in ops if size >= smallest_table]
+  too_big = [(op, size) for op, size, _ in ops if size >= smallest_table]
   assert not too_big, too_big
   memory = compiled.memory_analysis()
   assert memory.temp_size_in_bytes < largest_table / 20, memory
   # Donated state: the tables and slots are updated in place, not copied.
   assert memory.alias_size_in_bytes > 0.95 * memory.argument_size_in_bytes, memory
+  # benchmarks/sharding_plan.py's byte counts are those of this program: an
+  # all-gather / all-to-all sends (n-1)/n of its result, a reduce-scatter n-1
+  # times its result, from each device (the all-reduce is the dense gradients).
+  sent = sum(
+    size * (n - 1) / n if op in ("all-gather", "all-to-all") else size * (n - 1)
+    for op, size, n in ops
+    if op != "all-reduce"
+  )
+  data = mesh_shape[0] if len(mesh_shape) == 2 else 1
+  expected = exchange_bytes(layout, data, BATCH)
+  assert sent * 8 == expected["total"], (sent * 8, expected)
