@@ -54,10 +54,14 @@ def model_flops_per_sample(dim: int, num_tables: int) -> float:
   return 3 * 2 * forward_macs
 
 
+_matmul = jax.jit(lambda a, b: a @ b)
+
+
 def matmul_gflops(n=2048, k=512, m=512, reps=20) -> float:
+  """The machine's attainable f32 GFLOP/s right now (median of ``reps`` matmuls)."""
   a = jnp.ones((n, k), jnp.float32)
   b = jnp.ones((k, m), jnp.float32)
-  f = jax.jit(lambda a, b: a @ b)
+  f = _matmul
   f(a, b).block_until_ready()
   times = []
   for _ in range(reps):
@@ -105,21 +109,23 @@ def main(argv):
     batches = [batch() for _ in range(8)]
     state, out = step(state, batches[0])  # compile
     out["loss"].block_until_ready()
-    rates = []
+    # Step windows alternate with matmul windows so both see the same machine
+    # load; the ratio is the median of per-window ratios.
+    rates, matmuls = [], []
     for _ in range(FLAGS.windows):
       t = time.perf_counter()
       for i in range(FLAGS.steps):
         state, out = step(state, batches[i % len(batches)])
       out["loss"].block_until_ready()
       rates.append(FLAGS.steps * batch_size / (time.perf_counter() - t))
-    rate = statistics.median(rates)
-    mm = matmul_gflops()
-    model_gflops = rate * flops / 1e9
-    rows.append((batch_size, rate, model_gflops, mm))
+      matmuls.append(matmul_gflops(reps=10))
+    ratios = [r * flops / 1e9 / mm for r, mm in zip(rates, matmuls)]
+    rows.append((batch_size, statistics.median(rates), statistics.median(rates) * flops / 1e9,
+                 statistics.median(matmuls), statistics.median(ratios)))
   rss = peak_rss_bytes()
   print(f"{'batch':>6} {'samples/s':>10} {'model GFLOP/s':>14} {'matmul GFLOP/s':>15} {'ratio':>6}")
-  for batch_size, rate, model_gflops, mm in rows:
-    print(f"{batch_size:>6} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {model_gflops / mm:>6.2f}")
+  for batch_size, rate, model_gflops, mm, ratio in rows:
+    print(f"{batch_size:>6} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {ratio:>6.2f}")
   print(f"peak RSS {rss / 2**30:.2f} GiB = {rss / state_bytes:.2f} x state ({state_bytes / 2**30:.2f} GiB)")
 
 
