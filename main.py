@@ -16,6 +16,10 @@ FLAGS = dlrm_flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    # Orbax and JAX log dozens of INFO lines per checkpoint; our own progress
+    # is printed (reporting.announce). --verbosity=0 brings INFO logs back.
+    logging.set_verbosity(logging.WARNING)
   try:
     config = dlrm_flags.config_from_flags()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -8,9 +8,22 @@ import os
 import time
 from typing import Any
 
+import jax
 import tqdm
+from absl import logging
 
 from dlrm_jax.config import Config
+
+
+def announce(message: str) -> None:
+  """A line the user should see (process 0 only): printed and logged.
+
+  Printed rather than only logged because main.py keeps absl logging at
+  WARNING by default: Orbax and JAX log dozens of INFO lines per checkpoint.
+  """
+  logging.info("%s", message)
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(message)
 
 
 def write_config(workdir: str, config: Config) -> None:

@@ -117,8 +117,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   mesh = c.mesh
   if is_chief:
     reporting.write_config(config.workdir, config)
-    logging.info("mesh %s; embedding plan:\n%s", dict(mesh.shape),
-                 plan_table(c.layout, c.sparse_opt.slot_floats_per_row(config.embedding_dim)))
+    reporting.announce(f"mesh {dict(mesh.shape)}; embedding plan:\n" + plan_table(
+        c.layout, c.sparse_opt.slot_floats_per_row(config.embedding_dim)))
   best = meta.get("best_possible_auc")
   train_loader = BatchLoader(open_split(processed, "train"), config.batch_size, shuffle=True,
                              seed=config.seed, process_index=jax.process_index(),
@@ -144,9 +144,7 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
   if restored is not None:
     state, start = restored.state, restored.step
     pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
-    logging.info("resuming from %s (step %d)", restored.path, start)
-    if is_chief and config.progress:
-      print(f"resuming from {restored.path} (step {start})", flush=True)
+    reporting.announce(f"resuming from {restored.path} (step {start})")
   else:
     state = create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh,
                                jax.random.key(config.seed))
@@ -189,7 +187,8 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
     if best is not None:
       record["best_possible_auc"] = best.get(split)
     log.write(record)
-    logging.info("step %d %s: %s", step, split, record)
+    reporting.announce(f"step {step} {split}: AUC {result['auc']:.4f}  log loss "
+                       f"{result['logloss']:.4f}  accuracy {result['accuracy']:.4f}")
     return result
 
   throughput = reporting.Throughput()
@@ -235,8 +234,8 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
                         guard.signum)
       if validation is not None and config.target_auc and validation["auc"] >= config.target_auc:
         # --target_auc (MLPerf): stop here; this validation is the final one, already saved.
-        logging.info("validation AUC %.5f reached --target_auc=%g at step %d; stopping",
-                     validation["auc"], config.target_auc, done)
+        reporting.announce(f"validation AUC {validation['auc']:.5f} reached "
+                           f"--target_auc={config.target_auc:g} at step {done}; stopping")
         target_reached, total_steps = True, done
         break
   bar.close()
