@@ -38,3 +38,15 @@ def test_train_tiny_then_predict_unlabeled_raw_file(tmp_path):
   # A labelled file where an unlabeled one is expected: a clear error, no traceback.
   proc = run(work, data, "--mode=predict", f"--predict_file={next(data.glob('synthetic_*/train.txt'))}")
   assert proc.returncode == 2 and "label column" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_target_auc_stops_training_at_the_first_validation_reaching_it(tmp_path):
+  import json
+
+  work = tmp_path / "work"
+  proc = run(work, tmp_path / "data", "--max_steps=40", "--eval_every_steps=10", "--target_auc=0.01")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+  evals = [(r["step"], r["split"]) for r in records if "split" in r]
+  assert evals == [(10, "validation"), (10, "test")]
+  assert max(r["step"] for r in records if "loss" in r) == 10
