@@ -22,7 +22,7 @@ from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, NUM_DENSE, SPARSE_NA
 from dlrm_jax.interaction import interaction_width
 from dlrm_jax.mesh import make_mesh, model_size
 from dlrm_jax.model import DenseModel
-from dlrm_jax.planner import build_layout, choose_plans
+from dlrm_jax.planner import plan_layout
 from dlrm_jax.sparse_optim import SparseOptimizer
 from dlrm_jax.specs import table_specs
 from dlrm_jax.train_state import create_train_state, dense_optimizer
@@ -81,9 +81,9 @@ def main(argv):
   mesh = make_mesh()
   specs = table_specs(list(SPARSE_NAMES), list(KAGGLE_TABLE_SIZES), dim)
   m = model_size(mesh)
-  layout = build_layout(specs, choose_plans(specs, m), m)
-  model = DenseModel(BOTTOM, TOP, "dot")
   sparse_opt = SparseOptimizer(FLAGS.optimizer, 0.1)
+  layout = plan_layout(specs, m, slot_floats_per_row=sparse_opt.slot_floats_per_row(dim))
+  model = DenseModel(BOTTOM, TOP, "dot")
   tx = dense_optimizer(FLAGS.optimizer, 0.1)
   t0 = time.perf_counter()
   state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))

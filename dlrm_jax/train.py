@@ -23,7 +23,7 @@ from dlrm_jax.config import Config
 from dlrm_jax.data.loader import BatchLoader, check_batch_ids, open_split
 from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
 from dlrm_jax.model import DenseModel
-from dlrm_jax.planner import EmbeddingLayout, build_layout, choose_plans, plan_table
+from dlrm_jax.planner import EmbeddingLayout, plan_layout, plan_table
 from dlrm_jax.specs import table_specs
 from dlrm_jax.sparse_optim import SparseOptimizer
 from dlrm_jax.train_state import TrainState, create_train_state, dense_optimizer
@@ -49,11 +49,10 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
   sparse_opt = SparseOptimizer(config.optimizer, config.learning_rate, eps=config.adagrad_eps,
                                initial_accumulator=config.adagrad_initial_accumulator)
   model_shards = mesh_lib.model_size(mesh)
-  plans = choose_plans(specs, model_shards, default=config.sharding,
-                       overrides=dict(config.table_sharding))
   memory = int(config.device_memory_gb * 2**30) if config.device_memory_gb else None
-  layout = build_layout(specs, plans, model_shards, device_memory_bytes=memory,
-                        slot_floats_per_row=sparse_opt.slot_floats_per_row(config.embedding_dim))
+  layout = plan_layout(specs, model_shards, default=config.sharding,
+                       overrides=dict(config.table_sharding), device_memory_bytes=memory,
+                       slot_floats_per_row=sparse_opt.slot_floats_per_row(config.embedding_dim))
   model = DenseModel(config.bottom_mlp, config.top_mlp, config.interaction,
                      config.interaction_itself)
   dense_tx = dense_optimizer(config.optimizer, config.learning_rate, eps=config.adagrad_eps,
@@ -95,7 +94,14 @@ def load_components(config: Config, *, progress: bool) -> tuple[Components, str,
   """Mesh, dataset and the static parts of the model: (components, processed dir, metadata)."""
   mesh = mesh_lib.make_mesh(config.mesh_shape)
   config.validate(mesh.devices.size)
-  processed, meta = resolve_dataset(config, progress=progress)
+  # Process 0 prepares (generates, preprocesses) first; the others then reuse
+  # its cached output on a shared filesystem instead of racing to write it.
+  if jax.process_index() == 0:
+    processed, meta = resolve_dataset(config, progress=progress)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("dataset prepared")
+  if jax.process_index() != 0:
+    processed, meta = resolve_dataset(config, progress=False)
   c = build_components(config, mesh, meta["table_sizes"], meta["sparse_names"])
   check_data_matches_model(config, meta, c.table_sizes)  # before any id reaches a table
   return c, processed, meta
