@@ -38,12 +38,15 @@ def main(argv):
     return 3
   except Preempted as e:
     logging.warning("%s", e)
-    print(f"{e}\n  {' '.join(shlex.quote(a) for a in [sys.executable] + sys.argv)}",
-          file=sys.stderr)
+    print(
+      f"{e}\n  {' '.join(shlex.quote(a) for a in [sys.executable] + sys.argv)}", file=sys.stderr
+    )
     return e.exit_code
   test = results["test"]
-  line = (f"test AUC {test['auc']:.4f}  log loss {test['logloss']:.4f}  "
-          f"accuracy {test['accuracy']:.4f}  ({test['num_examples']} examples)")
+  line = (
+    f"test AUC {test['auc']:.4f}  log loss {test['logloss']:.4f}  "
+    f"accuracy {test['accuracy']:.4f}  ({test['num_examples']} examples)"
+  )
   best = results.get("best_possible_auc")
   if best and best.get("test"):
     line += f"; best possible AUC {best['test']:.4f} (gap {best['test'] - test['auc']:.4f})"
@@ -58,8 +61,10 @@ def run_mode(config) -> int:
     from dlrm_jax.inference import run_eval
 
     r = run_eval(config)
-    print(f"{r['split']} AUC {r['auc']:.4f}  log loss {r['logloss']:.4f}  accuracy "
-          f"{r['accuracy']:.4f}  ({r['num_examples']} examples) from {r['checkpoint']}")
+    print(
+      f"{r['split']} AUC {r['auc']:.4f}  log loss {r['logloss']:.4f}  accuracy "
+      f"{r['accuracy']:.4f}  ({r['num_examples']} examples) from {r['checkpoint']}"
+    )
   elif config.mode == "predict":
     from dlrm_jax.inference import run_predict
 
@@ -69,8 +74,10 @@ def run_mode(config) -> int:
     from dlrm_jax.export import run_export
 
     r = run_export(config)
-    print(f"exported {r['checkpoint']} to {r['export_dir']} (load it with "
-          f"{r['export_dir']}/dlrm_loader.py)")
+    print(
+      f"exported {r['checkpoint']} to {r['export_dir']} (load it with "
+      f"{r['export_dir']}/dlrm_loader.py)"
+    )
   return 0
 
 

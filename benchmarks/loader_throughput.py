@@ -18,77 +18,91 @@ from dlrm_jax.data.synthetic import prepare_synthetic
 
 
 def rows_per_second(loader: BatchLoader, rows: int) -> float:
-    steps = max(1, rows // loader.local_batch_size)
-    start = time.perf_counter()
-    for _ in loader.iterate(start_step=1, num_steps=steps):  # step 0 would include building the permutation
-        pass
-    return steps * loader.local_batch_size / (time.perf_counter() - start)
+  steps = max(1, rows // loader.local_batch_size)
+  start = time.perf_counter()
+  for _ in loader.iterate(
+    start_step=1, num_steps=steps
+  ):  # step 0 would include building the permutation
+    pass
+  return steps * loader.local_batch_size / (time.perf_counter() - start)
 
 
 def train_rows_per_second(processed: str, batch: int, steps: int = 30, windows: int = 3) -> float:
-    """Samples/s of the reference Kaggle architecture's jitted train step (dim 16, SGD) on this data's tables."""
-    import jax
-    import numpy as np
+  """Samples/s of the reference Kaggle architecture's jitted train step (dim 16, SGD) on this data's tables."""
+  import jax
+  import numpy as np
 
-    from dlrm_jax.data.loader import read_metadata
-    from dlrm_jax.mesh import make_mesh, model_size
-    from dlrm_jax.model import DenseModel
-    from dlrm_jax.planner import build_layout, choose_plans
-    from dlrm_jax.sparse_optim import SparseOptimizer
-    from dlrm_jax.specs import table_specs
-    from dlrm_jax.train_state import create_train_state, dense_optimizer
-    from dlrm_jax.train_step import batch_shardings, make_train_step
+  from dlrm_jax.data.loader import read_metadata
+  from dlrm_jax.mesh import make_mesh, model_size
+  from dlrm_jax.model import DenseModel
+  from dlrm_jax.planner import build_layout, choose_plans
+  from dlrm_jax.sparse_optim import SparseOptimizer
+  from dlrm_jax.specs import table_specs
+  from dlrm_jax.train_state import create_train_state, dense_optimizer
+  from dlrm_jax.train_step import batch_shardings, make_train_step
 
-    meta = read_metadata(processed)
-    mesh = make_mesh()
-    specs = table_specs(meta["sparse_names"], meta["table_sizes"], 16)
-    layout = build_layout(specs, choose_plans(specs, model_size(mesh)), model_size(mesh))
-    model = DenseModel((512, 256, 64, 16), (512, 256, 1), "dot")
-    sparse_opt, tx = SparseOptimizer("sgd", 0.1), dense_optimizer("sgd", 0.1)
-    state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))
-    step = make_train_step(model, layout, sparse_opt, tx, mesh, jax.eval_shape(lambda s: s, state))
-    loader = BatchLoader(open_split(processed, "train"), batch, shuffle=True, seed=0)
-    batches = [jax.device_put(loader.get_batch(i), batch_shardings(mesh)) for i in range(8)]
-    state, out = step(state, batches[0])
+  meta = read_metadata(processed)
+  mesh = make_mesh()
+  specs = table_specs(meta["sparse_names"], meta["table_sizes"], 16)
+  layout = build_layout(specs, choose_plans(specs, model_size(mesh)), model_size(mesh))
+  model = DenseModel((512, 256, 64, 16), (512, 256, 1), "dot")
+  sparse_opt, tx = SparseOptimizer("sgd", 0.1), dense_optimizer("sgd", 0.1)
+  state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))
+  step = make_train_step(model, layout, sparse_opt, tx, mesh, jax.eval_shape(lambda s: s, state))
+  loader = BatchLoader(open_split(processed, "train"), batch, shuffle=True, seed=0)
+  batches = [jax.device_put(loader.get_batch(i), batch_shardings(mesh)) for i in range(8)]
+  state, out = step(state, batches[0])
+  out["loss"].block_until_ready()
+  rates = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for i in range(steps):
+      state, out = step(state, batches[i % len(batches)])
     out["loss"].block_until_ready()
-    rates = []
-    for _ in range(windows):
-        start = time.perf_counter()
-        for i in range(steps):
-            state, out = step(state, batches[i % len(batches)])
-        out["loss"].block_until_ready()
-        rates.append(steps * batch / (time.perf_counter() - start))
-    return float(np.median(rates))
+    rates.append(steps * batch / (time.perf_counter() - start))
+  return float(np.median(rates))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of synthetic data (default 1M)")
-    parser.add_argument("--data_dir", default=None, help="where to cache the synthetic data (default: a temp dir)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes per setting; the median is printed")
-    parser.add_argument("--no_train", action="store_true", help="skip measuring the train step's consumption")
-    args = parser.parse_args()
-    medians: dict[int, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        processed = prepare_synthetic(args.data_dir or tmp, args.rows, seed=0, progress=False)
-        for in_memory in (True, False):
-            arrays = open_split(processed, "train", in_memory=in_memory)
-            for batch in (128, 2048):
-                loader = BatchLoader(arrays, batch, shuffle=True, seed=0)
-                loader.get_batch(0)
-                budget = min(arrays.num_rows, 500_000)
-                rates = [rows_per_second(loader, budget) for _ in range(args.repeats)]
-                where = "in RAM" if in_memory else "memmap"
-                if in_memory:
-                    medians[batch] = statistics.median(rates)
-                print(f"batch {batch:5d} {where}: median {statistics.median(rates):12,.0f} rows/s "
-                      f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {args.repeats} passes)")
-        if not args.no_train:
-            for batch, loader_rate in medians.items():
-                train_rate = train_rows_per_second(processed, batch)
-                print(f"batch {batch:5d}: train step consumes {train_rate:,.0f} rows/s (reference Kaggle model); "
-                      f"loader in RAM is {loader_rate / train_rate:.1f}x faster")
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument(
+    "--rows", type=int, default=1_000_000, help="rows of synthetic data (default 1M)"
+  )
+  parser.add_argument(
+    "--data_dir", default=None, help="where to cache the synthetic data (default: a temp dir)"
+  )
+  parser.add_argument(
+    "--repeats", type=int, default=5, help="timed passes per setting; the median is printed"
+  )
+  parser.add_argument(
+    "--no_train", action="store_true", help="skip measuring the train step's consumption"
+  )
+  args = parser.parse_args()
+  medians: dict[int, float] = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    processed = prepare_synthetic(args.data_dir or tmp, args.rows, seed=0, progress=False)
+    for in_memory in (True, False):
+      arrays = open_split(processed, "train", in_memory=in_memory)
+      for batch in (128, 2048):
+        loader = BatchLoader(arrays, batch, shuffle=True, seed=0)
+        loader.get_batch(0)
+        budget = min(arrays.num_rows, 500_000)
+        rates = [rows_per_second(loader, budget) for _ in range(args.repeats)]
+        where = "in RAM" if in_memory else "memmap"
+        if in_memory:
+          medians[batch] = statistics.median(rates)
+        print(
+          f"batch {batch:5d} {where}: median {statistics.median(rates):12,.0f} rows/s "
+          f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {args.repeats} passes)"
+        )
+    if not args.no_train:
+      for batch, loader_rate in medians.items():
+        train_rate = train_rows_per_second(processed, batch)
+        print(
+          f"batch {batch:5d}: train step consumes {train_rate:,.0f} rows/s (reference Kaggle model); "
+          f"loader in RAM is {loader_rate / train_rate:.1f}x faster"
+        )
 
 
 if __name__ == "__main__":
-    main()
+  main()

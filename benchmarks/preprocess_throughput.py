@@ -18,28 +18,36 @@ from dlrm_jax.data.synthetic import generate_criteo_tsv
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=2_000_000, help="rows in the generated file (default 2M)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed preprocessing runs; the median is printed")
-    parser.add_argument("--tmp", default=None, help="scratch directory (default: system temp)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        raw = os.path.join(tmp, "train.txt")
-        start = time.perf_counter()
-        generate_criteo_tsv(raw, args.rows, seed=0)
-        gen_s = time.perf_counter() - start
-        size_mb = os.path.getsize(raw) / 2**20
-        print(f"generated {args.rows:,} rows ({size_mb:.0f} MiB) in {gen_s:.1f}s: {args.rows / gen_s:,.0f} rows/s")
-        rates = []
-        for r in range(args.repeats):
-            start = time.perf_counter()
-            meta = preprocess_criteo([raw], os.path.join(tmp, "out"), progress=False, overwrite=True)
-            sec = time.perf_counter() - start
-            rates.append(args.rows / sec)
-            print(f"run {r}: {sec:.2f}s  {rates[-1]:,.0f} rows/s  ({size_mb / sec:.0f} MiB/s)")
-        print(f"table sizes: {meta['table_sizes']}")
-        print(f"preprocess median: {statistics.median(rates):,.0f} rows/s end to end (count, parse, vocab, ids, write)")
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument(
+    "--rows", type=int, default=2_000_000, help="rows in the generated file (default 2M)"
+  )
+  parser.add_argument(
+    "--repeats", type=int, default=3, help="timed preprocessing runs; the median is printed"
+  )
+  parser.add_argument("--tmp", default=None, help="scratch directory (default: system temp)")
+  args = parser.parse_args()
+  with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+    raw = os.path.join(tmp, "train.txt")
+    start = time.perf_counter()
+    generate_criteo_tsv(raw, args.rows, seed=0)
+    gen_s = time.perf_counter() - start
+    size_mb = os.path.getsize(raw) / 2**20
+    print(
+      f"generated {args.rows:,} rows ({size_mb:.0f} MiB) in {gen_s:.1f}s: {args.rows / gen_s:,.0f} rows/s"
+    )
+    rates = []
+    for r in range(args.repeats):
+      start = time.perf_counter()
+      meta = preprocess_criteo([raw], os.path.join(tmp, "out"), progress=False, overwrite=True)
+      sec = time.perf_counter() - start
+      rates.append(args.rows / sec)
+      print(f"run {r}: {sec:.2f}s  {rates[-1]:,.0f} rows/s  ({size_mb / sec:.0f} MiB/s)")
+    print(f"table sizes: {meta['table_sizes']}")
+    print(
+      f"preprocess median: {statistics.median(rates):,.0f} rows/s end to end (count, parse, vocab, ids, write)"
+    )
 
 
 if __name__ == "__main__":
-    main()
+  main()

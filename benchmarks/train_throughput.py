@@ -49,8 +49,11 @@ def mlp_macs(widths_in: int, widths) -> int:
 def model_flops_per_sample(dim: int, num_tables: int) -> float:
   """Forward + backward (3x forward) FLOPs of the MLPs and the dot interaction."""
   f = num_tables + 1
-  forward_macs = (mlp_macs(NUM_DENSE, BOTTOM) + mlp_macs(interaction_width("dot", num_tables, dim), TOP)
-                  + f * f * dim)
+  forward_macs = (
+    mlp_macs(NUM_DENSE, BOTTOM)
+    + mlp_macs(interaction_width("dot", num_tables, dim), TOP)
+    + f * f * dim
+  )
   return 3 * 2 * forward_macs
 
 
@@ -93,19 +96,29 @@ def main(argv):
   abstract = jax.eval_shape(lambda s: s, state)
   step = make_train_step(model, layout, sparse_opt, tx, mesh, abstract)
   flops = model_flops_per_sample(dim, len(specs))
-  print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; tables: {len(specs)} "
-        f"Kaggle sizes, {sum(s.rows for s in specs):,} rows, dim {dim}; optimizer {FLAGS.optimizer}")
-  print(f"state: {state_bytes / 2**30:.2f} GiB (tables + optimizer state + dense params); "
-        f"initialised in {init_s:.1f} s; model {flops / 1e6:.2f} MFLOP/sample (fwd+bwd)")
+  print(
+    f"devices: {jax.device_count()} x {jax.devices()[0].platform}; tables: {len(specs)} "
+    f"Kaggle sizes, {sum(s.rows for s in specs):,} rows, dim {dim}; optimizer {FLAGS.optimizer}"
+  )
+  print(
+    f"state: {state_bytes / 2**30:.2f} GiB (tables + optimizer state + dense params); "
+    f"initialised in {init_s:.1f} s; model {flops / 1e6:.2f} MFLOP/sample (fwd+bwd)"
+  )
   rng = np.random.default_rng(0)
   rows = []
   for batch_size in map(int, FLAGS.batch_sizes):
+
     def batch():
-      b = {"dense": rng.random((batch_size, NUM_DENSE), np.float32),
-           "sparse": np.stack([rng.integers(0, s.rows, batch_size) for s in specs], 1).astype(np.int32),
-           "label": rng.integers(0, 2, batch_size).astype(np.float32),
-           "mask": np.ones(batch_size, np.float32)}
+      b = {
+        "dense": rng.random((batch_size, NUM_DENSE), np.float32),
+        "sparse": np.stack([rng.integers(0, s.rows, batch_size) for s in specs], 1).astype(
+          np.int32
+        ),
+        "label": rng.integers(0, 2, batch_size).astype(np.float32),
+        "mask": np.ones(batch_size, np.float32),
+      }
       return jax.device_put(b, batch_shardings(mesh))
+
     batches = [batch() for _ in range(8)]
     state, out = step(state, batches[0])  # compile
     out["loss"].block_until_ready()
@@ -120,13 +133,22 @@ def main(argv):
       rates.append(FLAGS.steps * batch_size / (time.perf_counter() - t))
       matmuls.append(matmul_gflops(reps=10))
     ratios = [r * flops / 1e9 / mm for r, mm in zip(rates, matmuls)]
-    rows.append((batch_size, statistics.median(rates), statistics.median(rates) * flops / 1e9,
-                 statistics.median(matmuls), statistics.median(ratios)))
+    rows.append(
+      (
+        batch_size,
+        statistics.median(rates),
+        statistics.median(rates) * flops / 1e9,
+        statistics.median(matmuls),
+        statistics.median(ratios),
+      )
+    )
   rss = peak_rss_bytes()
   print(f"{'batch':>6} {'samples/s':>10} {'model GFLOP/s':>14} {'matmul GFLOP/s':>15} {'ratio':>6}")
   for batch_size, rate, model_gflops, mm, ratio in rows:
     print(f"{batch_size:>6} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {ratio:>6.2f}")
-  print(f"peak RSS {rss / 2**30:.2f} GiB = {rss / state_bytes:.2f} x state ({state_bytes / 2**30:.2f} GiB)")
+  print(
+    f"peak RSS {rss / 2**30:.2f} GiB = {rss / state_bytes:.2f} x state ({state_bytes / 2**30:.2f} GiB)"
+  )
 
 
 if __name__ == "__main__":

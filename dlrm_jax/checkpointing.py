@@ -16,7 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers as policies
 
 from dlrm_jax import table_io
@@ -31,13 +32,30 @@ DAMAGED_DIR = "checkpoints_damaged"
 PROTECTED_FILE = "protected_checkpoints.json"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
 # Fields that define the model: a checkpoint never loads into another value.
-MODEL_FIELDS = ("embedding_dim", "bottom_mlp", "top_mlp", "interaction", "interaction_itself",
-                "optimizer", "table_names", "table_sizes")
+MODEL_FIELDS = (
+  "embedding_dim",
+  "bottom_mlp",
+  "top_mlp",
+  "interaction",
+  "interaction_itself",
+  "optimizer",
+  "table_names",
+  "table_sizes",
+)
 # Fields that define the training trajectory: resuming with another value
 # would silently give a different model than an uninterrupted run.
-TRAINING_FIELDS = ("seed", "learning_rate", "batch_size", "adagrad_eps",
-                   "adagrad_initial_accumulator", "dataset", "synthetic_rows", "synthetic_seed",
-                   "max_ind_range", "min_frequency")
+TRAINING_FIELDS = (
+  "seed",
+  "learning_rate",
+  "batch_size",
+  "adagrad_eps",
+  "adagrad_initial_accumulator",
+  "dataset",
+  "synthetic_rows",
+  "synthetic_seed",
+  "max_ind_range",
+  "min_frequency",
+)
 
 
 @dataclasses.dataclass
@@ -60,13 +78,18 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
   """Raises CheckpointMismatch listing every differing field (model fields always)."""
   saved = meta.get("identity", {})
   fields = MODEL_FIELDS + (TRAINING_FIELDS if resume else ())
-  diff = [f"{f}: checkpoint {saved.get(f)!r}, now {ident.get(f)!r}" for f in fields
-          if saved.get(f) != ident.get(f)]
+  diff = [
+    f"{f}: checkpoint {saved.get(f)!r}, now {ident.get(f)!r}"
+    for f in fields
+    if saved.get(f) != ident.get(f)
+  ]
   if diff:
     what = "resume training from" if resume else "load"
     raise CheckpointMismatch(
-        f"refusing to {what} {path}: it was saved with a different configuration.\n  "
-        + "\n  ".join(diff) + "\nUse the flags it was saved with, or a new --workdir.")
+      f"refusing to {what} {path}: it was saved with a different configuration.\n  "
+      + "\n  ".join(diff)
+      + "\nUse the flags it was saved with, or a new --workdir."
+    )
 
 
 def _sds(x, sharding) -> jax.ShapeDtypeStruct:
@@ -77,12 +100,15 @@ def saved_abstract(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Me
   """The saved tree's shapes with ``mesh``'s shardings: the restore target."""
   shardings = state_shardings(mesh, abstract_state)
   rep = NamedSharding(mesh, P())
-  return {"step": _sds(abstract_state.step, rep),
-          "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
-          "params": jax.tree.map(_sds, abstract_state.params, shardings.params),
-          "opt_state": flax.serialization.to_state_dict(
-              jax.tree.map(_sds, abstract_state.opt_state, shardings.opt_state)),
-          **table_io.logical_abstract(layout, abstract_state, mesh)}
+  return {
+    "step": _sds(abstract_state.step, rep),
+    "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
+    "params": jax.tree.map(_sds, abstract_state.params, shardings.params),
+    "opt_state": flax.serialization.to_state_dict(
+      jax.tree.map(_sds, abstract_state.opt_state, shardings.opt_state)
+    ),
+    **table_io.logical_abstract(layout, abstract_state, mesh),
+  }
 
 
 def make_snapshot(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh, seed: int):
@@ -95,11 +121,13 @@ def make_snapshot(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mes
   out_shardings = (jax.tree.map(lambda s: s.sharding, target), NamedSharding(mesh, P()))
 
   def snapshot(state: TrainState):
-    tree = {"step": jnp.copy(state.step),
-            "rng": jax.random.key_data(jax.random.key(seed)),
-            "params": jax.tree.map(jnp.copy, state.params),
-            "opt_state": flax.serialization.to_state_dict(jax.tree.map(jnp.copy, state.opt_state)),
-            **table_io.extract_all(layout, state.tables, state.slots)}
+    tree = {
+      "step": jnp.copy(state.step),
+      "rng": jax.random.key_data(jax.random.key(seed)),
+      "params": jax.tree.map(jnp.copy, state.params),
+      "opt_state": flax.serialization.to_state_dict(jax.tree.map(jnp.copy, state.opt_state)),
+      **table_io.extract_all(layout, state.tables, state.slots),
+    }
     floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
     return tree, finite
@@ -121,15 +149,22 @@ class CheckpointStore:
     self.notes: list[str] = []
     if not read_only:
       self._report_half_written()
-    policy = policies.AnyPreservationPolicy([
+    policy = policies.AnyPreservationPolicy(
+      [
         policies.LatestN(n=max(keep, 1)),
-        policies.BestN(get_metric_fn=lambda m: m["auc"], n=1,
-                       keep_checkpoints_without_metrics=False),
+        policies.BestN(
+          get_metric_fn=lambda m: m["auc"], n=1, keep_checkpoints_without_metrics=False
+        ),
         policies.CustomSteps(steps=self.protected_steps()),
-    ])
+      ]
+    )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=True, read_only=read_only,
-        create=not read_only, cleanup_tmp_directories=not read_only)
+      preservation_policy=policy,
+      enable_async_checkpointing=True,
+      read_only=read_only,
+      create=not read_only,
+      cleanup_tmp_directories=not read_only,
+    )
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointError(f"no checkpoints at {self.directory}")
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -143,8 +178,10 @@ class CheckpointStore:
       return
     for name in sorted(os.listdir(self.directory)):
       if TMP_SUFFIX in name:
-        self._note(f"checkpoint {os.path.join(self.directory, name)} was left half-written "
-                   f"(its save was interrupted); ignoring it")
+        self._note(
+          f"checkpoint {os.path.join(self.directory, name)} was left half-written "
+          f"(its save was interrupted); ignoring it"
+        )
 
   def protected_steps(self) -> list[int]:
     path = os.path.join(self.workdir, PROTECTED_FILE)
@@ -192,9 +229,12 @@ class CheckpointStore:
 
   def save(self, step: int, tree: dict, meta: dict, *, auc: float | None = None) -> None:
     """Starts an asynchronous save of ``tree`` (from ``make_snapshot``) at ``step``."""
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                    meta=ocp.args.JsonSave(meta)),
-                      metrics={"auc": auc} if auc is not None else None, force=True)
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
+      metrics={"auc": auc} if auc is not None else None,
+      force=True,
+    )
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -202,8 +242,16 @@ class CheckpointStore:
   def close(self) -> None:
     self.manager.close()
 
-  def restore_step(self, step: int, layout: EmbeddingLayout, abstract_state: TrainState,
-                   mesh: Mesh, ident: dict, *, resume: bool) -> Restored:
+  def restore_step(
+    self,
+    step: int,
+    layout: EmbeddingLayout,
+    abstract_state: TrainState,
+    mesh: Mesh,
+    ident: dict,
+    *,
+    resume: bool,
+  ) -> Restored:
     """Restores ``step`` onto ``mesh`` and ``layout``; raises on damage or mismatch."""
     path = self.step_path(step)
     meta = self.read_meta(step)
@@ -212,7 +260,8 @@ class CheckpointStore:
       raise CheckpointError(f"{path}: marked as holding non-finite values")
     target = saved_abstract(layout, abstract_state, mesh)
     tree = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )["state"]
     if int(tree["step"]) != step:
       raise CheckpointError(f"{path}: holds step {int(tree['step'])}, expected {step}")
     floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
@@ -220,16 +269,20 @@ class CheckpointStore:
       raise CheckpointError(f"{path}: restored values are not finite (damaged)")
     opt_state = flax.serialization.from_state_dict(abstract_state.opt_state, tree["opt_state"])
     tables, slots = table_io.from_logical(
-        layout, {"tables": tree["tables"], "slots": tree["slots"]}, abstract_state, mesh)
-    state = TrainState(step=tree["step"], params=tree["params"], opt_state=opt_state,
-                       tables=tables, slots=slots)
+      layout, {"tables": tree["tables"], "slots": tree["slots"]}, abstract_state, mesh
+    )
+    state = TrainState(
+      step=tree["step"], params=tree["params"], opt_state=opt_state, tables=tables, slots=slots
+    )
     return Restored(step, state, meta, path)
 
   def _set_aside(self, step: int, error: Exception) -> None:
     path = self.step_path(step)
     dest = os.path.join(self.workdir, DAMAGED_DIR, str(step))
-    self._note(f"checkpoint {path} is damaged ({type(error).__name__}: "
-               f"{str(error).splitlines()[0] if str(error) else ''}); moved to {dest}")
+    self._note(
+      f"checkpoint {path} is damaged ({type(error).__name__}: "
+      f"{str(error).splitlines()[0] if str(error) else ''}); moved to {dest}"
+    )
     if _is_chief() and not self.read_only:
       os.makedirs(os.path.dirname(dest), exist_ok=True)
       if os.path.exists(dest):
@@ -238,8 +291,15 @@ class CheckpointStore:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("dlrm_jax_checkpoint_set_aside")
 
-  def restore_latest_good(self, layout: EmbeddingLayout, abstract_state: TrainState,
-                          mesh: Mesh, ident: dict, *, resume: bool = True) -> Restored | None:
+  def restore_latest_good(
+    self,
+    layout: EmbeddingLayout,
+    abstract_state: TrainState,
+    mesh: Mesh,
+    ident: dict,
+    *,
+    resume: bool = True,
+  ) -> Restored | None:
     """The newest checkpoint that restores; damaged ones are reported and moved aside.
 
     Returns None only when there never was a checkpoint. Raises CheckpointError
@@ -264,8 +324,9 @@ class CheckpointStore:
     gone = os.path.join(self.workdir, DAMAGED_DIR)
     if damaged or (os.path.isdir(gone) and os.listdir(gone)):
       raise CheckpointError(
-          f"no usable checkpoint in {self.directory}: damaged ones are in {gone}. To start "
-          f"training from scratch anyway, delete {gone}.")
+        f"no usable checkpoint in {self.directory}: damaged ones are in {gone}. To start "
+        f"training from scratch anyway, delete {gone}."
+      )
     return None
 
 
@@ -288,12 +349,20 @@ def resolve_checkpoint(spec: str, workdir: str) -> tuple[str, str]:
     if not os.path.isdir(path):
       raise CheckpointError(f"--checkpoint={spec}: no such checkpoint")
     return os.path.dirname(parent), name
-  raise CheckpointError(f"--checkpoint={spec}: expected latest, best, a workdir, its "
-                        f"{CHECKPOINT_DIR}/ directory or {CHECKPOINT_DIR}/STEP")
+  raise CheckpointError(
+    f"--checkpoint={spec}: expected latest, best, a workdir, its "
+    f"{CHECKPOINT_DIR}/ directory or {CHECKPOINT_DIR}/STEP"
+  )
 
 
-def load_for_inference(spec: str, workdir: str, layout: EmbeddingLayout,
-                       abstract_state: TrainState, mesh: Mesh, ident: dict) -> Restored:
+def load_for_inference(
+  spec: str,
+  workdir: str,
+  layout: EmbeddingLayout,
+  abstract_state: TrainState,
+  mesh: Mesh,
+  ident: dict,
+) -> Restored:
   """The state of --checkpoint (latest / best / path), for eval, predict and export."""
   root, which = resolve_checkpoint(spec, workdir)
   store = CheckpointStore(root, read_only=True)
@@ -301,8 +370,9 @@ def load_for_inference(spec: str, workdir: str, layout: EmbeddingLayout,
     if which == "best":
       step = store.best_step()
       if step is None:
-        raise CheckpointError(f"no checkpoint under {store.directory} has a validation AUC; "
-                              f"use --checkpoint=latest")
+        raise CheckpointError(
+          f"no checkpoint under {store.directory} has a validation AUC; use --checkpoint=latest"
+        )
     elif which == "latest":
       step = store.latest_step()
       if step is None:
@@ -313,7 +383,8 @@ def load_for_inference(spec: str, workdir: str, layout: EmbeddingLayout,
   except (CheckpointError, FileNotFoundError):
     raise
   except Exception as e:
-    raise CheckpointError(f"checkpoint {store.step_path(step)} cannot be read "
-                          f"({type(e).__name__}: {e})") from e
+    raise CheckpointError(
+      f"checkpoint {store.step_path(step)} cannot be read ({type(e).__name__}: {e})"
+    ) from e
   finally:
     store.close()

@@ -75,50 +75,76 @@ class Config:
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
-  def validate(self, num_devices: int = 1) -> "Config":
+  def validate(self, num_devices: int = 1) -> Config:
     """Raises ConfigError naming the flag of the first inconsistency found."""
-    _check(self.dataset in DATASETS,
-           f"--dataset={self.dataset!r}: must be one of {', '.join(DATASETS)}")
+    _check(
+      self.dataset in DATASETS, f"--dataset={self.dataset!r}: must be one of {', '.join(DATASETS)}"
+    )
     _check(self.mode in MODES, f"--mode={self.mode!r}: must be one of {', '.join(MODES)}")
-    _check(self.optimizer in OPTIMIZERS,
-           f"--optimizer={self.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}")
-    _check(self.interaction in INTERACTIONS,
-           f"--interaction={self.interaction!r}: must be one of {', '.join(INTERACTIONS)}")
-    _check(self.sharding == "auto" or self.sharding in PLANS,
-           f"--sharding={self.sharding!r}: must be auto or one of {', '.join(PLANS)}")
+    _check(
+      self.optimizer in OPTIMIZERS,
+      f"--optimizer={self.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}",
+    )
+    _check(
+      self.interaction in INTERACTIONS,
+      f"--interaction={self.interaction!r}: must be one of {', '.join(INTERACTIONS)}",
+    )
+    _check(
+      self.sharding == "auto" or self.sharding in PLANS,
+      f"--sharding={self.sharding!r}: must be auto or one of {', '.join(PLANS)}",
+    )
     _check(self.embedding_dim >= 1, f"--embedding_dim={self.embedding_dim}: must be >= 1")
-    _check(len(self.bottom_mlp) >= 1 and min(self.bottom_mlp) >= 1,
-           f"--bottom_mlp={_csv(self.bottom_mlp)}: needs at least one positive width")
-    _check(len(self.top_mlp) >= 1 and min(self.top_mlp) >= 1,
-           f"--top_mlp={_csv(self.top_mlp)}: needs at least one positive width")
-    _check(self.top_mlp[-1] == 1,
-           f"--top_mlp={_csv(self.top_mlp)}: the last width must be 1 (the logit)")
+    _check(
+      len(self.bottom_mlp) >= 1 and min(self.bottom_mlp) >= 1,
+      f"--bottom_mlp={_csv(self.bottom_mlp)}: needs at least one positive width",
+    )
+    _check(
+      len(self.top_mlp) >= 1 and min(self.top_mlp) >= 1,
+      f"--top_mlp={_csv(self.top_mlp)}: needs at least one positive width",
+    )
+    _check(
+      self.top_mlp[-1] == 1, f"--top_mlp={_csv(self.top_mlp)}: the last width must be 1 (the logit)"
+    )
     if self.interaction == "dot":
-      _check(self.bottom_mlp[-1] == self.embedding_dim,
-             f"--bottom_mlp={_csv(self.bottom_mlp)} ends in {self.bottom_mlp[-1]} but "
-             f"--embedding_dim={self.embedding_dim}; with --interaction=dot they must be equal")
+      _check(
+        self.bottom_mlp[-1] == self.embedding_dim,
+        f"--bottom_mlp={_csv(self.bottom_mlp)} ends in {self.bottom_mlp[-1]} but "
+        f"--embedding_dim={self.embedding_dim}; with --interaction=dot they must be equal",
+      )
     _check(self.learning_rate > 0, f"--learning_rate={self.learning_rate}: must be > 0")
     for name in ("batch_size", "eval_batch_size"):
       value = getattr(self, name)
       _check(value >= 1, f"--{name}={value}: must be >= 1")
-      _check(value % num_devices == 0,
-             f"--{name}={value}: must be divisible by the number of devices ({num_devices})")
-    _check(self.num_epochs >= 1 or self.max_steps >= 1,
-           "--num_epochs and --max_steps are both 0: nothing to train")
+      _check(
+        value % num_devices == 0,
+        f"--{name}={value}: must be divisible by the number of devices ({num_devices})",
+      )
+    _check(
+      self.num_epochs >= 1 or self.max_steps >= 1,
+      "--num_epochs and --max_steps are both 0: nothing to train",
+    )
     for name in ("max_steps", "eval_every_steps", "max_ind_range", "synthetic_seed"):
       _check(getattr(self, name) >= 0, f"--{name}={getattr(self, name)}: must be >= 0")
-    _check(self.checkpoint_every_steps >= 0,
-           f"--checkpoint_every_steps={self.checkpoint_every_steps}: must be >= 0")
+    _check(
+      self.checkpoint_every_steps >= 0,
+      f"--checkpoint_every_steps={self.checkpoint_every_steps}: must be >= 0",
+    )
     _check(self.keep_checkpoints >= 1, f"--keep_checkpoints={self.keep_checkpoints}: must be >= 1")
-    _check(self.split in ("train", "validation", "test"),
-           f"--split={self.split!r}: must be train, validation or test")
+    _check(
+      self.split in ("train", "validation", "test"),
+      f"--split={self.split!r}: must be train, validation or test",
+    )
     _check(self.log_every_steps >= 1, f"--log_every_steps={self.log_every_steps}: must be >= 1")
     _check(self.min_frequency >= 1, f"--min_frequency={self.min_frequency}: must be >= 1")
-    _check(0.0 <= self.data_sub_sample_rate < 1.0,
-           f"--data_sub_sample_rate={self.data_sub_sample_rate}: must be in [0, 1)")
+    _check(
+      0.0 <= self.data_sub_sample_rate < 1.0,
+      f"--data_sub_sample_rate={self.data_sub_sample_rate}: must be in [0, 1)",
+    )
     _check(0.0 <= self.target_auc <= 1.0, f"--target_auc={self.target_auc}: must be in [0, 1]")
-    _check(self.synthetic_rows >= 1000,
-           f"--synthetic_rows={self.synthetic_rows}: must be >= 1000 (7 days of data)")
+    _check(
+      self.synthetic_rows >= 1000,
+      f"--synthetic_rows={self.synthetic_rows}: must be >= 1000 (7 days of data)",
+    )
     return self
 
 

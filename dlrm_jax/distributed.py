@@ -21,8 +21,11 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   if num_processes <= 1 and not coordinator_address:
     return
   if not coordinator_address or process_id < 0:
-    raise ValueError("multi-process runs need --coordinator_address, --num_processes and "
-                     "--process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+    raise ValueError(
+      "multi-process runs need --coordinator_address, --num_processes and "
+      "--process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)"
+    )
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )

@@ -73,20 +73,29 @@ def run_export(config: Config) -> dict[str, Any]:
   tables = [tree["tables"][n] for n in names]
   weights = params_leaves + tables
   b = jax.export.symbolic_shape("b")
-  args = ([jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
-          jax.ShapeDtypeStruct((b[0], 13), jnp.float32),
-          jax.ShapeDtypeStruct((b[0], len(names)), jnp.int32))
+  args = (
+    [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
+    jax.ShapeDtypeStruct((b[0], 13), jnp.float32),
+    jax.ShapeDtypeStruct((b[0], len(names)), jnp.int32),
+  )
   exported = _export(serving_function(c.model, treedef, len(params_leaves)), args)
   if jax.process_index() != 0:
     return {"export_dir": out}
   with open(os.path.join(out, export_loader.FUNCTION), "wb") as f:
     f.write(exported.serialize())
   num = _write_weights(os.path.join(out, export_loader.WEIGHTS), weights)
-  signature = {"format": "dlrm_jax/export/1", "num_dense": 13, "num_weights": num,
-               "table_names": names, "table_sizes": list(c.table_sizes),
-               "embedding_dim": c.config.embedding_dim, "checkpoint": m.checkpoint,
-               "platforms": list(exported.platforms), "inputs": "dense f32[N, 13], sparse i32[N, "
-               f"{len(names)}] (preprocessed ids)", "output": "click probability f32[N]"}
+  signature = {
+    "format": "dlrm_jax/export/1",
+    "num_dense": 13,
+    "num_weights": num,
+    "table_names": names,
+    "table_sizes": list(c.table_sizes),
+    "embedding_dim": c.config.embedding_dim,
+    "checkpoint": m.checkpoint,
+    "platforms": list(exported.platforms),
+    "inputs": f"dense f32[N, 13], sparse i32[N, {len(names)}] (preprocessed ids)",
+    "output": "click probability f32[N]",
+  }
   with open(os.path.join(out, export_loader.SIGNATURE), "w") as f:
     json.dump(signature, f, indent=2)
   shutil.copyfile(export_loader.__file__, os.path.join(out, "dlrm_loader.py"))

@@ -34,14 +34,17 @@ class Scorer:
     sparse = np.asarray(sparse, np.int32)
     n, t = len(dense), len(self.table_sizes)
     if dense.shape != (n, self.signature["num_dense"]) or sparse.shape != (n, t):
-      raise ValueError(f"expected dense f32[N, {self.signature['num_dense']}] and sparse "
-                       f"i32[N, {t}], got {dense.shape} and {sparse.shape}")
+      raise ValueError(
+        f"expected dense f32[N, {self.signature['num_dense']}] and sparse "
+        f"i32[N, {t}], got {dense.shape} and {sparse.shape}"
+      )
     # JAX clamps out-of-range gathers silently; refuse instead.
     bad = (sparse < 0) | (sparse >= self.table_sizes[None, :])
     if bad.any():
       col = int(np.argmax(bad.any(axis=0)))
-      raise ValueError(f"{self.signature['table_names'][col]}: id out of range "
-                       f"[0, {self.table_sizes[col]})")
+      raise ValueError(
+        f"{self.signature['table_names'][col]}: id out of range [0, {self.table_sizes[col]})"
+      )
     return np.asarray(self.exported.call(self.weights, dense, sparse))
 
 

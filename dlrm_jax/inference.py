@@ -14,8 +14,14 @@ from jax.experimental import multihost_utils
 from dlrm_jax import checkpointing
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data.loader import BatchLoader, SplitArrays, check_batch_ids, open_split
-from dlrm_jax.train import (Components, abstract_train_state, evaluate, identity_of,
-                            load_components, to_global)
+from dlrm_jax.train import (
+  Components,
+  abstract_train_state,
+  evaluate,
+  identity_of,
+  load_components,
+  to_global,
+)
 from dlrm_jax.train_state import TrainState
 from dlrm_jax.train_step import make_eval_step
 
@@ -34,14 +40,22 @@ class Loaded:
 
 def load(config: Config) -> Loaded:
   """The model of --checkpoint (latest, best or a path) on this run's mesh and plan."""
-  c, processed, meta = load_components(config, progress=config.progress and
-                                       jax.process_index() == 0)
+  c, processed, meta = load_components(
+    config, progress=config.progress and jax.process_index() == 0
+  )
   abstract = abstract_train_state(c)
-  restored = checkpointing.load_for_inference(config.checkpoint, config.workdir, c.layout,
-                                              abstract, c.mesh, identity_of(c, meta))
+  restored = checkpointing.load_for_inference(
+    config.checkpoint, config.workdir, c.layout, abstract, c.mesh, identity_of(c, meta)
+  )
   logging.info("loaded %s (step %d)", restored.path, restored.step)
-  return Loaded(c, processed, meta, restored.state, restored.path,
-                make_eval_step(c.model, c.layout, c.mesh, abstract))
+  return Loaded(
+    c,
+    processed,
+    meta,
+    restored.state,
+    restored.path,
+    make_eval_step(c.model, c.layout, c.mesh, abstract),
+  )
 
 
 def run_eval(config: Config) -> dict[str, Any]:
@@ -59,13 +73,16 @@ def encode_unlabeled_raw(path: str, processed_dir: str) -> SplitArrays:
   """
   try:
     from dlrm_jax.data import preprocess
+
     encode = getattr(preprocess, "encode_unlabeled", None)
   except ImportError:
     encode = None
   if encode is None:
-    raise ConfigError(f"--predict_file={path}: encoding raw unlabeled files is not available in "
-                      f"this version of dlrm_jax.data yet; score a preprocessed split with "
-                      f"--split instead")
+    raise ConfigError(
+      f"--predict_file={path}: encoding raw unlabeled files is not available in "
+      f"this version of dlrm_jax.data yet; score a preprocessed split with "
+      f"--split instead"
+    )
   try:
     return encode(path, processed_dir)
   except ValueError as e:  # bad rows, an empty or a labelled file: a message, not a traceback
@@ -75,8 +92,13 @@ def encode_unlabeled_raw(path: str, processed_dir: str) -> SplitArrays:
 def score(m: Loaded, arrays: SplitArrays, batch_size: int) -> np.ndarray:
   """Click probabilities f32[N] of every row of ``arrays``, in order."""
   c = m.components
-  loader = BatchLoader(arrays, batch_size, shuffle=False, process_index=jax.process_index(),
-                       process_count=jax.process_count())
+  loader = BatchLoader(
+    arrays,
+    batch_size,
+    shuffle=False,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   logits, masks = [], []
   for batch in loader.iterate():
     check_batch_ids(batch["sparse"], c.table_sizes)
@@ -94,8 +116,12 @@ def write_csv(path: str, ids: np.ndarray, probabilities: np.ndarray) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write("Id,Predicted\n")
-    np.savetxt(f, np.stack([ids.astype(np.float64), probabilities], axis=1),
-               fmt=["%d", "%.6f"], delimiter=",")
+    np.savetxt(
+      f,
+      np.stack([ids.astype(np.float64), probabilities], axis=1),
+      fmt=["%d", "%.6f"],
+      delimiter=",",
+    )
   os.replace(tmp, path)
 
 

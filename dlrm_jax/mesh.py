@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
@@ -44,8 +45,9 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int
     resolved = (shape[0], shape[1])
   if resolved[0] * resolved[1] != num_devices:
     raise ValueError(
-        f"--mesh_shape={','.join(map(str, shape))} needs {resolved[0] * resolved[1]} devices "
-        f"but {num_devices} are available (jax.device_count())")
+      f"--mesh_shape={','.join(map(str, shape))} needs {resolved[0] * resolved[1]} devices "
+      f"but {num_devices} are available (jax.device_count())"
+    )
   return resolved
 
 
@@ -53,8 +55,12 @@ def make_mesh(shape: Sequence[int] = (), devices: Sequence[jax.Device] | None = 
   """A (data, model) mesh over ``devices`` (default: all devices of all processes)."""
   devices = list(devices if devices is not None else jax.devices())
   data, model = resolve_mesh_shape(shape, len(devices))
-  return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS),
-                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+  return jax.make_mesh(
+    (data, model),
+    (DATA_AXIS, MODEL_AXIS),
+    axis_types=(AxisType.Auto, AxisType.Auto),
+    devices=devices,
+  )
 
 
 def model_size(mesh: Mesh) -> int:

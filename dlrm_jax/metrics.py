@@ -44,5 +44,9 @@ def accuracy(labels: np.ndarray, logits: np.ndarray) -> float:
 
 
 def evaluate_predictions(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-  return {"auc": roc_auc(labels, logits), "logloss": log_loss(labels, logits),
-          "accuracy": accuracy(labels, logits), "num_examples": int(np.size(labels))}
+  return {
+    "auc": roc_auc(labels, logits),
+    "logloss": log_loss(labels, logits),
+    "accuracy": accuracy(labels, logits),
+    "num_examples": int(np.size(labels)),
+  }

@@ -31,8 +31,9 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, width in enumerate(self.widths):
-      x = nn.Dense(width, kernel_init=_reference_kernel_init, bias_init=_reference_bias_init,
-                   name=f"dense_{i}")(x)
+      x = nn.Dense(
+        width, kernel_init=_reference_kernel_init, bias_init=_reference_bias_init, name=f"dense_{i}"
+      )(x)
       if i < len(self.widths) - 1 or self.relu_last:
         x = nn.relu(x)
     return x

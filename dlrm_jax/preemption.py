@@ -28,16 +28,17 @@ class PreemptionGuard:
 
   def _handle(self, signum: int, frame: FrameType | None) -> None:
     if self.signum is not None:
-      sys.stderr.write(f"\nsecond {signal.Signals(signum).name}: exiting at once without "
-                       f"saving\n")
+      sys.stderr.write(f"\nsecond {signal.Signals(signum).name}: exiting at once without saving\n")
       sys.stderr.flush()
       os._exit(128 + signum)
     self.signum = signum
-    sys.stderr.write(f"\n{signal.Signals(signum).name} received: saving a checkpoint at the "
-                     f"next step boundary, then stopping (send it again to exit at once)\n")
+    sys.stderr.write(
+      f"\n{signal.Signals(signum).name} received: saving a checkpoint at the "
+      f"next step boundary, then stopping (send it again to exit at once)\n"
+    )
     sys.stderr.flush()
 
-  def __enter__(self) -> "PreemptionGuard":
+  def __enter__(self) -> PreemptionGuard:
     # Signal handlers can only be installed from the main thread (notebooks
     # may drive training from another); then signals keep their defaults.
     if threading.current_thread() is threading.main_thread():

@@ -79,8 +79,9 @@ class MetricsLog:
       if key in self._evals:
         return
       self._evals.add(key)
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-             for k, v in record.items()}
+    clean = {
+      k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
+    }
     with open(self.path, "a") as f:
       f.write(json.dumps(clean) + "\n")
 
@@ -104,6 +105,13 @@ class Throughput:
 
 def progress_bar(total_steps: int, initial: int, batch_size: int, enabled: bool, desc: str):
   """A bar counting examples, so its rate reads as samples/s and its ETA is honest."""
-  return tqdm.tqdm(total=total_steps * batch_size, initial=initial * batch_size, unit="ex",
-                   unit_scale=True, disable=not enabled, desc=desc, dynamic_ncols=True,
-                   mininterval=1.0)
+  return tqdm.tqdm(
+    total=total_steps * batch_size,
+    initial=initial * batch_size,
+    unit="ex",
+    unit_scale=True,
+    disable=not enabled,
+    desc=desc,
+    dynamic_ncols=True,
+    mininterval=1.0,
+  )

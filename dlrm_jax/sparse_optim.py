@@ -44,9 +44,17 @@ class SparseOptimizer:
       return {"accumulator": jnp.full(table.shape[:1], self.initial_accumulator, table.dtype)}
     return {}
 
-  def apply(self, table: jax.Array, slots: dict[str, jax.Array], rows: jax.Array,
-            grads: jax.Array, valid: jax.Array, *, column_axis: str | None = None,
-            full_dim: int | None = None):
+  def apply(
+    self,
+    table: jax.Array,
+    slots: dict[str, jax.Array],
+    rows: jax.Array,
+    grads: jax.Array,
+    valid: jax.Array,
+    *,
+    column_axis: str | None = None,
+    full_dim: int | None = None,
+  ):
     """Updates the touched rows of ``table`` in place.
 
     Args:

@@ -14,7 +14,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dlrm_jax.mesh import MODEL_AXIS
 from dlrm_jax.planner import EmbeddingLayout, TablePlacement
@@ -40,8 +41,7 @@ def _slot_shape(p: TablePlacement, buffer_slot: jax.ShapeDtypeStruct) -> tuple[i
   return (p.spec.rows,) + tuple(buffer_slot.shape[1:])
 
 
-def logical_abstract(layout: EmbeddingLayout, abstract_state: TrainState,
-                     mesh: Mesh) -> Logical:
+def logical_abstract(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh) -> Logical:
   """ShapeDtypeStructs (with target shardings) of the logical tables and slots."""
   m = layout.model_size
 
@@ -65,13 +65,14 @@ def _extract(layout: EmbeddingLayout, p: TablePlacement, buf: jax.Array) -> jax.
   if p.plan == "table":
     return lax.slice_in_dim(buf, p.owner * r + p.offset, p.owner * r + p.offset + rows)
   if p.plan == "row":
-    blocks = buf.reshape((m, r) + tail)[:, p.offset:p.offset + p.chunk]
+    blocks = buf.reshape((m, r) + tail)[:, p.offset : p.offset + p.chunk]
     return blocks.reshape((m * p.chunk,) + tail)[:rows]
   return lax.slice_in_dim(buf, p.offset, p.offset + rows)
 
 
-def _insert(layout: EmbeddingLayout, p: TablePlacement, buf: jax.Array,
-            table: jax.Array) -> jax.Array:
+def _insert(
+  layout: EmbeddingLayout, p: TablePlacement, buf: jax.Array, table: jax.Array
+) -> jax.Array:
   """``buf`` with table ``p``'s rows written where the layout places them."""
   m, r = layout.model_size, layout.rows_per_shard
   tail = buf.shape[1:]
@@ -80,15 +81,18 @@ def _insert(layout: EmbeddingLayout, p: TablePlacement, buf: jax.Array,
     return lax.dynamic_update_slice(buf, table.astype(buf.dtype), (p.owner * r + p.offset,) + zeros)
   if p.plan == "row":
     padded = jnp.pad(table, [(0, m * p.chunk - p.spec.rows)] + [(0, 0)] * len(tail))
-    blocks = lax.dynamic_update_slice(buf.reshape((m, r) + tail),
-                                      padded.reshape((m, p.chunk) + tail).astype(buf.dtype),
-                                      (0, p.offset) + zeros)
+    blocks = lax.dynamic_update_slice(
+      buf.reshape((m, r) + tail),
+      padded.reshape((m, p.chunk) + tail).astype(buf.dtype),
+      (0, p.offset) + zeros,
+    )
     return blocks.reshape(buf.shape)
   return lax.dynamic_update_slice(buf, table.astype(buf.dtype), (p.offset,) + zeros)
 
 
-def extract_all(layout: EmbeddingLayout, tables: dict[str, jax.Array],
-                slots: dict[str, dict[str, jax.Array]]) -> Logical:
+def extract_all(
+  layout: EmbeddingLayout, tables: dict[str, jax.Array], slots: dict[str, dict[str, jax.Array]]
+) -> Logical:
   """Logical tables and slots out of global fused buffers; call inside ``jax.jit``."""
   out_tables, out_slots = {}, {}
   for p in layout.placements:
@@ -98,21 +102,21 @@ def extract_all(layout: EmbeddingLayout, tables: dict[str, jax.Array],
   return {"tables": out_tables, "slots": out_slots}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _zeros_fn(shape: tuple[int, ...], dtype, sharding: NamedSharding):
   return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _insert_fn(layout: EmbeddingLayout, p: TablePlacement, sharding: NamedSharding):
   # Donating the buffer updates it in place: one fused buffer plus one table
   # is the most that is alive at once, per buffer.
-  return jax.jit(functools.partial(_insert, layout, p), out_shardings=sharding,
-                 donate_argnums=(0,))
+  return jax.jit(functools.partial(_insert, layout, p), out_shardings=sharding, donate_argnums=(0,))
 
 
-def from_logical(layout: EmbeddingLayout, logical: Logical, abstract_state: TrainState,
-                 mesh: Mesh) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
+def from_logical(
+  layout: EmbeddingLayout, logical: Logical, abstract_state: TrainState, mesh: Mesh
+) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
   """Builds the fused buffers (and slots) of ``layout`` one table at a time.
 
   Each logical array is deleted once it is written into its buffer, so device
@@ -130,9 +134,11 @@ def from_logical(layout: EmbeddingLayout, logical: Logical, abstract_state: Trai
   tables, slots = {}, {}
   for name, abstract_buf in abstract_state.tables.items():
     mine = [p for p in layout.placements if p.buffer == name]
-    tables[name] = fill(abstract_buf, shardings.tables[name],
-                        [(p, logical["tables"][p.spec.name]) for p in mine])
-    slots[name] = {k: fill(v, shardings.slots[name][k],
-                           [(p, logical["slots"][p.spec.name][k]) for p in mine])
-                   for k, v in abstract_state.slots[name].items()}
+    tables[name] = fill(
+      abstract_buf, shardings.tables[name], [(p, logical["tables"][p.spec.name]) for p in mine]
+    )
+    slots[name] = {
+      k: fill(v, shardings.slots[name][k], [(p, logical["slots"][p.spec.name][k]) for p in mine])
+      for k, v in abstract_state.slots[name].items()
+    }
   return tables, slots

@@ -5,27 +5,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from dlrm_jax import checkpointing
+from dlrm_jax import checkpointing, reporting
 from dlrm_jax import mesh as mesh_lib
 from dlrm_jax import metrics as metrics_lib
-from dlrm_jax import reporting
-from dlrm_jax.faults import Preempted, TrainingDiverged
-from dlrm_jax.preemption import PreemptionGuard
 from dlrm_jax.config import Config
 from dlrm_jax.data.loader import BatchLoader, check_batch_ids, open_split
 from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
+from dlrm_jax.faults import Preempted, TrainingDiverged
 from dlrm_jax.model import DenseModel
 from dlrm_jax.planner import EmbeddingLayout, plan_layout, plan_table
-from dlrm_jax.specs import table_specs
+from dlrm_jax.preemption import PreemptionGuard
 from dlrm_jax.sparse_optim import SparseOptimizer
+from dlrm_jax.specs import table_specs
 from dlrm_jax.train_state import TrainState, create_train_state, dense_optimizer
 from dlrm_jax.train_step import batch_shardings, make_eval_step, make_train_step
 
@@ -46,17 +45,31 @@ class Components:
 def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Components:
   config.validate(mesh.devices.size)
   specs = table_specs(list(table_names), list(table_sizes), config.embedding_dim)
-  sparse_opt = SparseOptimizer(config.optimizer, config.learning_rate, eps=config.adagrad_eps,
-                               initial_accumulator=config.adagrad_initial_accumulator)
+  sparse_opt = SparseOptimizer(
+    config.optimizer,
+    config.learning_rate,
+    eps=config.adagrad_eps,
+    initial_accumulator=config.adagrad_initial_accumulator,
+  )
   model_shards = mesh_lib.model_size(mesh)
   memory = int(config.device_memory_gb * 2**30) if config.device_memory_gb else None
-  layout = plan_layout(specs, model_shards, default=config.sharding,
-                       overrides=dict(config.table_sharding), device_memory_bytes=memory,
-                       slot_floats_per_row=sparse_opt.slot_floats_per_row(config.embedding_dim))
-  model = DenseModel(config.bottom_mlp, config.top_mlp, config.interaction,
-                     config.interaction_itself)
-  dense_tx = dense_optimizer(config.optimizer, config.learning_rate, eps=config.adagrad_eps,
-                             initial_accumulator=config.adagrad_initial_accumulator)
+  layout = plan_layout(
+    specs,
+    model_shards,
+    default=config.sharding,
+    overrides=dict(config.table_sharding),
+    device_memory_bytes=memory,
+    slot_floats_per_row=sparse_opt.slot_floats_per_row(config.embedding_dim),
+  )
+  model = DenseModel(
+    config.bottom_mlp, config.top_mlp, config.interaction, config.interaction_itself
+  )
+  dense_tx = dense_optimizer(
+    config.optimizer,
+    config.learning_rate,
+    eps=config.adagrad_eps,
+    initial_accumulator=config.adagrad_initial_accumulator,
+  )
   return Components(config, mesh, layout, model, sparse_opt, dense_tx, tuple(table_sizes))
 
 
@@ -66,11 +79,17 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
 
-def evaluate(c: Components, state: TrainState, eval_step: Callable, processed_dir: str,
-             split: str) -> dict[str, float]:
+def evaluate(
+  c: Components, state: TrainState, eval_step: Callable, processed_dir: str, split: str
+) -> dict[str, float]:
   """Exact metrics over every example of ``split``."""
-  loader = BatchLoader(open_split(processed_dir, split), c.config.eval_batch_size, shuffle=False,
-                       process_index=jax.process_index(), process_count=jax.process_count())
+  loader = BatchLoader(
+    open_split(processed_dir, split),
+    c.config.eval_batch_size,
+    shuffle=False,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   logits, labels, masks = [], [], []
   for batch in loader.iterate():
     check_batch_ids(batch["sparse"], c.table_sizes)
@@ -79,15 +98,17 @@ def evaluate(c: Components, state: TrainState, eval_step: Callable, processed_di
     for dest, arr in ((logits, out), (labels, gbatch["label"]), (masks, gbatch["mask"])):
       dest.append(np.asarray(multihost_utils.process_allgather(arr, tiled=True)))
   keep = np.concatenate(masks) > 0
-  return metrics_lib.evaluate_predictions(np.concatenate(labels)[keep],
-                                          np.concatenate(logits)[keep])
+  return metrics_lib.evaluate_predictions(
+    np.concatenate(labels)[keep], np.concatenate(logits)[keep]
+  )
 
 
 def abstract_train_state(c: Components) -> TrainState:
   """Shapes and dtypes of the TrainState ``c`` would create; allocates nothing."""
   return jax.eval_shape(
-      lambda key: create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, key),
-      jax.random.key(c.config.seed))
+    lambda key: create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, key),
+    jax.random.key(c.config.seed),
+  )
 
 
 def load_components(config: Config, *, progress: bool) -> tuple[Components, str, dict[str, Any]]:
@@ -123,12 +144,19 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   mesh = c.mesh
   if is_chief:
     reporting.write_config(config.workdir, config)
-    reporting.announce(f"mesh {dict(mesh.shape)}; embedding plan:\n" + plan_table(
-        c.layout, c.sparse_opt.slot_floats_per_row(config.embedding_dim)))
+    reporting.announce(
+      f"mesh {dict(mesh.shape)}; embedding plan:\n"
+      + plan_table(c.layout, c.sparse_opt.slot_floats_per_row(config.embedding_dim))
+    )
   best = meta.get("best_possible_auc")
-  train_loader = BatchLoader(open_split(processed, "train"), config.batch_size, shuffle=True,
-                             seed=config.seed, process_index=jax.process_index(),
-                             process_count=jax.process_count())
+  train_loader = BatchLoader(
+    open_split(processed, "train"),
+    config.batch_size,
+    shuffle=True,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   total_steps = config.max_steps or config.num_epochs * train_loader.batches_per_epoch
 
   store = checkpointing.CheckpointStore(config.workdir, keep=config.keep_checkpoints)
@@ -139,9 +167,15 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     store.close()
 
 
-def _train(c: Components, processed: str, best: dict | None, train_loader: BatchLoader,
-           total_steps: int, store: checkpointing.CheckpointStore,
-           ident: dict[str, Any]) -> dict[str, Any]:
+def _train(
+  c: Components,
+  processed: str,
+  best: dict | None,
+  train_loader: BatchLoader,
+  total_steps: int,
+  store: checkpointing.CheckpointStore,
+  ident: dict[str, Any],
+) -> dict[str, Any]:
   config, mesh = c.config, c.mesh
   is_chief = jax.process_index() == 0
   abstract = abstract_train_state(c)
@@ -152,12 +186,14 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
     pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
     reporting.announce(f"resuming from {restored.path} (step {start})")
   else:
-    state = create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh,
-                               jax.random.key(config.seed))
+    state = create_train_state(
+      c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, jax.random.key(config.seed)
+    )
     start, pending_losses = 0, []
   last_good = start if restored is not None else None
-  log = reporting.MetricsLog(config.workdir, enabled=is_chief,
-                             resume_step=start if restored is not None else None)
+  log = reporting.MetricsLog(
+    config.workdir, enabled=is_chief, resume_step=start if restored is not None else None
+  )
   train_step = make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract)
   eval_step = make_eval_step(c.model, c.layout, mesh, abstract)
   snapshot = checkpointing.make_snapshot(c.layout, abstract, mesh, config.seed)
@@ -170,8 +206,10 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
   def diverged(step: int, what: str) -> TrainingDiverged:
     if last_good is not None:
       store.protect(last_good)
-    return TrainingDiverged(f"{what} at step {step}; {last_good_text()}. Lower "
-                            f"--learning_rate or check the input data, in a new --workdir.")
+    return TrainingDiverged(
+      f"{what} at step {step}; {last_good_text()}. Lower "
+      f"--learning_rate or check the input data, in a new --workdir."
+    )
 
   def save(step: int, validation: dict[str, float] | None = None) -> None:
     nonlocal last_good
@@ -179,12 +217,21 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
     losses = [float(x) for x in jax.device_get(pending_losses)]
     if not bool(finite) or not np.all(np.isfinite(losses)):
       raise diverged(step, "non-finite values in the training state")
-    store.save(step, tree, {
-        "format": checkpointing.FORMAT, "step": step, "identity": ident, "finite": True,
-        "config": json.loads(config.to_json()), "pending_losses": losses,
-        "data_position": {"seed": config.seed, "batch_size": config.batch_size,
-                          "next_step": step},
-        "validation": validation}, auc=(validation or {}).get("auc"))
+    store.save(
+      step,
+      tree,
+      {
+        "format": checkpointing.FORMAT,
+        "step": step,
+        "identity": ident,
+        "finite": True,
+        "config": json.loads(config.to_json()),
+        "pending_losses": losses,
+        "data_position": {"seed": config.seed, "batch_size": config.batch_size, "next_step": step},
+        "validation": validation,
+      },
+      auc=(validation or {}).get("auc"),
+    )
     last_good = step
 
   def run_eval(split: str, step: int) -> dict[str, float]:
@@ -193,13 +240,16 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
     if best is not None:
       record["best_possible_auc"] = best.get(split)
     log.write(record)
-    reporting.announce(f"step {step} {split}: AUC {result['auc']:.4f}  log loss "
-                       f"{result['logloss']:.4f}  accuracy {result['accuracy']:.4f}")
+    reporting.announce(
+      f"step {step} {split}: AUC {result['auc']:.4f}  log loss "
+      f"{result['logloss']:.4f}  accuracy {result['accuracy']:.4f}"
+    )
     return result
 
   throughput = reporting.Throughput()
-  bar = reporting.progress_bar(total_steps, start, config.batch_size,
-                               config.progress and is_chief, "train")
+  bar = reporting.progress_bar(
+    total_steps, start, config.batch_size, config.progress and is_chief, "train"
+  )
   every = config.checkpoint_every_steps
   target_reached = False
   with PreemptionGuard() as guard:
@@ -226,22 +276,27 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
       if jax.process_count() > 1:
         # Every process must take part in the save: agree on a signal that may
         # have reached only some of them, at log boundaries to keep syncs rare.
-        stop = done % config.log_every_steps == 0 and bool(np.any(
-            multihost_utils.process_allgather(np.int32(guard.requested))))
+        stop = done % config.log_every_steps == 0 and bool(
+          np.any(multihost_utils.process_allgather(np.int32(guard.requested)))
+        )
       if done < total_steps and (validation is not None or (every and done % every == 0)):
         save(done, validation)
       elif stop and done < total_steps:
         save(done)
       if stop and done < total_steps:
         store.wait()
-        raise Preempted(f"stopped by {signal.Signals(guard.signum).name} at step {done} of "
-                        f"{total_steps}; checkpoint saved to {store.step_path(done)}. To resume, "
-                        f"run the same command again (same --workdir={config.workdir}).",
-                        guard.signum)
+        raise Preempted(
+          f"stopped by {signal.Signals(guard.signum).name} at step {done} of "
+          f"{total_steps}; checkpoint saved to {store.step_path(done)}. To resume, "
+          f"run the same command again (same --workdir={config.workdir}).",
+          guard.signum,
+        )
       if validation is not None and config.target_auc and validation["auc"] >= config.target_auc:
         # --target_auc (MLPerf): stop here; this validation is the final one, already saved.
-        reporting.announce(f"validation AUC {validation['auc']:.5f} reached "
-                           f"--target_auc={config.target_auc:g} at step {done}; stopping")
+        reporting.announce(
+          f"validation AUC {validation['auc']:.5f} reached "
+          f"--target_auc={config.target_auc:g} at step {done}; stopping"
+        )
         target_reached, total_steps = True, done
         break
   bar.close()
@@ -249,9 +304,13 @@ def _train(c: Components, processed: str, best: dict | None, train_loader: Batch
     validation = run_eval("validation", total_steps)
     if start < total_steps:
       save(total_steps, validation)
-  results = {"validation": validation, "test": run_eval("test", total_steps),
-             "steps": total_steps, "checkpoint": store.step_path(total_steps),
-             "target_reached": target_reached}
+  results = {
+    "validation": validation,
+    "test": run_eval("test", total_steps),
+    "steps": total_steps,
+    "checkpoint": store.step_path(total_steps),
+    "target_reached": target_reached,
+  }
   if best is not None:
     results["best_possible_auc"] = best
   return results

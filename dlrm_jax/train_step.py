@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dlrm_jax.embedding import lookup, route_gradients
 from dlrm_jax.mesh import BATCH_AXES, MODEL_AXIS, batch_spec
@@ -24,9 +25,14 @@ def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
   return {k: NamedSharding(mesh, batch_spec()) for k in BATCH_KEYS}
 
 
-def make_train_step(model: DenseModel, layout: EmbeddingLayout, sparse_opt: SparseOptimizer,
-                    dense_tx: optax.GradientTransformation, mesh: Mesh,
-                    abstract_state: TrainState) -> Callable:
+def make_train_step(
+  model: DenseModel,
+  layout: EmbeddingLayout,
+  sparse_opt: SparseOptimizer,
+  dense_tx: optax.GradientTransformation,
+  mesh: Mesh,
+  abstract_state: TrainState,
+) -> Callable:
   """Returns jitted ``step(state, batch) -> (state, {"loss": mean loss})``; state is donated.
 
   Per device: look up embeddings (explicit exchange), differentiate the local
@@ -48,7 +54,8 @@ def make_train_step(model: DenseModel, layout: EmbeddingLayout, sparse_opt: Spar
 
     with jax.named_scope("dense_forward_backward"):
       loss, (param_grads, emb_grads) = jax.value_and_grad(local_loss, argnums=(0, 1))(
-          state.params, emb)
+        state.params, emb
+      )
     with jax.named_scope("dense_grad_all_reduce"):
       param_grads = lax.psum(param_grads, BATCH_AXES)
     with jax.named_scope("dense_update"):
@@ -59,10 +66,17 @@ def make_train_step(model: DenseModel, layout: EmbeddingLayout, sparse_opt: Spar
       tables, slots = dict(state.tables), dict(state.slots)
       for name, r in routed.items():
         tables[name], slots[name] = sparse_opt.apply(
-            state.tables[name], state.slots[name], r.rows, r.grads, r.valid,
-            column_axis=MODEL_AXIS if name == "column" else None, full_dim=layout.dim)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              tables=tables, slots=slots)
+          state.tables[name],
+          state.slots[name],
+          r.rows,
+          r.grads,
+          r.valid,
+          column_axis=MODEL_AXIS if name == "column" else None,
+          full_dim=layout.dim,
+        )
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, tables=tables, slots=slots
+    )
     return new_state, {"loss": lax.psum(loss, BATCH_AXES)}
 
   specs = state_specs(abstract_state)
@@ -71,15 +85,21 @@ def make_train_step(model: DenseModel, layout: EmbeddingLayout, sparse_opt: Spar
   # dense all-reduce is the explicit psum above (with vma checking on, JAX would
   # insert that psum implicitly, and would reject the data-replicated table
   # updates it cannot prove replicated). Equality with one device is tested.
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(specs, batch_specs),
-                          out_specs=(specs, P()), check_vma=False)
+  sharded = jax.shard_map(
+    per_device, mesh=mesh, in_specs=(specs, batch_specs), out_specs=(specs, P()), check_vma=False
+  )
   shardings = state_shardings(mesh, abstract_state)
-  return jax.jit(sharded, in_shardings=(shardings, batch_shardings(mesh)),
-                 out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+  return jax.jit(
+    sharded,
+    in_shardings=(shardings, batch_shardings(mesh)),
+    out_shardings=(shardings, NamedSharding(mesh, P())),
+    donate_argnums=(0,),
+  )
 
 
-def make_eval_step(model: DenseModel, layout: EmbeddingLayout, mesh: Mesh,
-                   abstract_state: TrainState) -> Callable:
+def make_eval_step(
+  model: DenseModel, layout: EmbeddingLayout, mesh: Mesh, abstract_state: TrainState
+) -> Callable:
   """Returns jitted ``eval_step(state, batch) -> logits f32[B]`` (batch-sharded)."""
 
   def per_device(state: TrainState, batch: dict[str, jax.Array]):
@@ -88,8 +108,11 @@ def make_eval_step(model: DenseModel, layout: EmbeddingLayout, mesh: Mesh,
 
   specs = state_specs(abstract_state)
   batch_specs = {k: batch_spec() for k in BATCH_KEYS}
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(specs, batch_specs),
-                          out_specs=batch_spec(), check_vma=False)
-  return jax.jit(sharded, in_shardings=(state_shardings(mesh, abstract_state),
-                                        batch_shardings(mesh)),
-                 out_shardings=NamedSharding(mesh, batch_spec()))
+  sharded = jax.shard_map(
+    per_device, mesh=mesh, in_specs=(specs, batch_specs), out_specs=batch_spec(), check_vma=False
+  )
+  return jax.jit(
+    sharded,
+    in_shardings=(state_shardings(mesh, abstract_state), batch_shardings(mesh)),
+    out_shardings=NamedSharding(mesh, batch_spec()),
+  )

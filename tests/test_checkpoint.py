@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from dlrm_jax import checkpointing, mesh as mesh_lib, table_io
+from dlrm_jax import checkpointing, table_io
+from dlrm_jax import mesh as mesh_lib
 from dlrm_jax.config import Config
 from dlrm_jax.train import abstract_train_state, build_components, to_global
 from dlrm_jax.train_state import create_train_state
@@ -14,8 +15,15 @@ from dlrm_jax.train_step import make_eval_step, make_train_step
 
 SIZES = (40, 7, 100, 33, 16)  # uneven sizes: padding, row chunks, replicated logical specs
 NAMES = tuple(f"C{i + 1}" for i in range(len(SIZES)))
-CONFIG = Config(embedding_dim=8, bottom_mlp=(16, 8), top_mlp=(16, 1), batch_size=32,
-                eval_batch_size=32, learning_rate=0.5, max_steps=3)
+CONFIG = Config(
+  embedding_dim=8,
+  bottom_mlp=(16, 8),
+  top_mlp=(16, 1),
+  batch_size=32,
+  eval_batch_size=32,
+  learning_rate=0.5,
+  max_steps=3,
+)
 
 
 def components(n, plan, optimizer):
@@ -26,10 +34,12 @@ def components(n, plan, optimizer):
 
 def batch(seed):
   rng = np.random.default_rng(seed)
-  return {"dense": rng.random((32, 13), np.float32),
-          "sparse": np.stack([rng.integers(0, s, 32) for s in SIZES], 1).astype(np.int32),
-          "label": rng.integers(0, 2, 32).astype(np.float32),
-          "mask": np.ones(32, np.float32)}
+  return {
+    "dense": rng.random((32, 13), np.float32),
+    "sparse": np.stack([rng.integers(0, s, 32) for s in SIZES], 1).astype(np.int32),
+    "label": rng.integers(0, 2, 32).astype(np.float32),
+    "mask": np.ones(32, np.float32),
+  }
 
 
 def logical_arrays(c, state):
@@ -44,20 +54,23 @@ def logical_arrays(c, state):
 def test_restore_onto_other_mesh_and_plan(tmp_path, optimizer):
   src = components(8, "table", optimizer)
   abstract = abstract_train_state(src)
-  state = create_train_state(src.model, src.layout, src.sparse_opt, src.dense_tx, src.mesh,
-                             jax.random.key(0))
+  state = create_train_state(
+    src.model, src.layout, src.sparse_opt, src.dense_tx, src.mesh, jax.random.key(0)
+  )
   step = make_train_step(src.model, src.layout, src.sparse_opt, src.dense_tx, src.mesh, abstract)
   for i in range(3):
     state, _ = step(state, to_global(batch(i), src.mesh))
   probe = batch(99)
-  expected = np.asarray(make_eval_step(src.model, src.layout, src.mesh, abstract)(
-      state, to_global(probe, src.mesh)))
+  expected = np.asarray(
+    make_eval_step(src.model, src.layout, src.mesh, abstract)(state, to_global(probe, src.mesh))
+  )
   saved = logical_arrays(src, state)
   ident = checkpointing.identity(src.config, NAMES, SIZES)
   store = checkpointing.CheckpointStore(str(tmp_path), keep=2)
   tree, _ = checkpointing.make_snapshot(src.layout, abstract, src.mesh, 0)(state)
-  store.save(3, tree, {"format": checkpointing.FORMAT, "step": 3, "identity": ident,
-                       "finite": True})
+  store.save(
+    3, tree, {"format": checkpointing.FORMAT, "step": 3, "identity": ident, "finite": True}
+  )
   store.wait()
   store.close()
 
@@ -75,8 +88,11 @@ def test_restore_onto_other_mesh_and_plan(tmp_path, optimizer):
     assert got.keys() == saved.keys()
     for k in saved:
       assert got[k].tobytes() == saved[k].tobytes(), f"{n} devices, {plan}: {k} differs"
-    out = np.asarray(make_eval_step(dst.model, dst.layout, dst.mesh, target)(
-        restored.state, to_global(probe, dst.mesh)))
+    out = np.asarray(
+      make_eval_step(dst.model, dst.layout, dst.mesh, target)(
+        restored.state, to_global(probe, dst.mesh)
+      )
+    )
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
 
 

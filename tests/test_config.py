@@ -5,7 +5,9 @@ import pytest
 from dlrm_jax.config import Config, ConfigError
 
 
-@pytest.mark.parametrize("changes,flag", [
+@pytest.mark.parametrize(
+  "changes,flag",
+  [
     (dict(bottom_mlp=(512, 256, 64), embedding_dim=16), "--bottom_mlp"),
     (dict(batch_size=100), "--batch_size"),
     (dict(eval_batch_size=12), "--eval_batch_size"),
@@ -15,7 +17,8 @@ from dlrm_jax.config import Config, ConfigError
     (dict(interaction="sum"), "--interaction"),
     (dict(learning_rate=0.0), "--learning_rate"),
     (dict(sharding="diagonal"), "--sharding"),
-])
+  ],
+)
 def test_rejected_with_flag_name(changes, flag):
   with pytest.raises(ConfigError, match=flag):
     Config(**changes).validate(num_devices=8)

@@ -16,11 +16,17 @@ def test_rows_are_uniform_within_reference_bound():
   specs = table_specs(["C1", "C2", "C3"], rows, 8)
   mesh = make_mesh((1, 1), devices=jax.devices()[:1])
   layout = build_layout(specs, choose_plans(specs, 1), 1)
-  state = create_train_state(DenseModel((8,), (1,)), layout, SparseOptimizer("sgd", 0.1),
-                             dense_optimizer("sgd", 0.1), mesh, jax.random.key(0))
+  state = create_train_state(
+    DenseModel((8,), (1,)),
+    layout,
+    SparseOptimizer("sgd", 0.1),
+    dense_optimizer("sgd", 0.1),
+    mesh,
+    jax.random.key(0),
+  )
   buffer = np.asarray(state.tables["sharded"])
   for p in layout.placements:
-    t = buffer[p.offset:p.offset + p.spec.rows]
+    t = buffer[p.offset : p.offset + p.spec.rows]
     bound = np.sqrt(1.0 / p.spec.rows)
     assert np.all(np.abs(t) <= bound)
     if p.spec.rows >= 400:

@@ -15,8 +15,15 @@ def run_main(tmp_path, *args, devices=1, timeout=240):
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["JAX_PLATFORMS"] = "cpu"
-  cmd = [sys.executable, str(REPO / "main.py"), f"--flagfile={REPO}/experiments/tiny.flags",
-         f"--workdir={tmp_path}/work", f"--data_dir={tmp_path}/data", "--noprogress", *args]
+  cmd = [
+    sys.executable,
+    str(REPO / "main.py"),
+    f"--flagfile={REPO}/experiments/tiny.flags",
+    f"--workdir={tmp_path}/work",
+    f"--data_dir={tmp_path}/data",
+    "--noprogress",
+    *args,
+  ]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -32,11 +39,21 @@ def test_tiny_run_leaves_config_and_metrics(tmp_path):
   evals = [r for r in records if "split" in r]
   assert [r["step"] for r in train] == [10, 20, 30, 40]
   assert all(r["samples_per_sec"] > 0 for r in train)
-  assert {(r["step"], r["split"]) for r in evals} == {(20, "validation"), (40, "validation"),
-                                                      (40, "test")}
+  assert {(r["step"], r["split"]) for r in evals} == {
+    (20, "validation"),
+    (40, "validation"),
+    (40, "test"),
+  }
   test = next(r for r in evals if r["split"] == "test")
-  assert set(test) >= {"step", "split", "auc", "logloss", "accuracy", "num_examples",
-                       "best_possible_auc"}
+  assert set(test) >= {
+    "step",
+    "split",
+    "auc",
+    "logloss",
+    "accuracy",
+    "num_examples",
+    "best_possible_auc",
+  }
   # Every test row is scored exactly once (the last batch is padded and masked).
   processed = next((tmp_path / "data").glob("synthetic_*/processed"))
   metadata = json.loads((processed / "metadata.json").read_text())
@@ -44,12 +61,15 @@ def test_tiny_run_leaves_config_and_metrics(tmp_path):
   assert 0.5 < test["auc"] <= 1.0
 
 
-@pytest.mark.parametrize("args,needle", [
+@pytest.mark.parametrize(
+  "args,needle",
+  [
     (["--bottom_mlp=32,16"], "--bottom_mlp"),
     (["--optimizer=adam"], "optimizer"),
     (["--dataset=kaggle"], "data/README.md"),
     (["--mesh_shape=3"], "--mesh_shape"),
-])
+  ],
+)
 def test_bad_configuration_is_refused_before_work(tmp_path, args, needle):
   proc = run_main(tmp_path, *args, timeout=120)
   assert proc.returncode != 0

@@ -13,10 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(work, data, *args, timeout=240):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, str(REPO / "main.py"), f"--flagfile={REPO}/experiments/tiny.flags",
-         f"--workdir={work}", f"--data_dir={data}", "--noprogress", *args]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  cmd = [
+    sys.executable,
+    str(REPO / "main.py"),
+    f"--flagfile={REPO}/experiments/tiny.flags",
+    f"--workdir={work}",
+    f"--data_dir={data}",
+    "--noprogress",
+    *args,
+  ]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
@@ -34,8 +40,14 @@ def trained(tmp_path_factory):
 def test_eval_mode_reproduces_final_test_metrics(trained):
   work, data, records = trained
   final = next(r for r in records if r.get("split") == "test")
-  proc = run(work, data, "--mode=eval", f"--checkpoint={work}/checkpoints/40", "--split=test",
-             "--mesh_shape=1")
+  proc = run(
+    work,
+    data,
+    "--mode=eval",
+    f"--checkpoint={work}/checkpoints/40",
+    "--split=test",
+    "--mesh_shape=1",
+  )
   assert f"test AUC {final['auc']:.4f}  log loss {final['logloss']:.4f}" in proc.stdout
 
 
@@ -53,20 +65,29 @@ def test_predict_then_export_round_trip(trained, tmp_path):
   out = tmp_path / "export"
   run(work, data, "--mode=export", f"--export_dir={out}", f"--checkpoint={best}")
   assert {"dlrm_loader.py", "function.jax_exported", "weights.npz", "signature.json"} <= set(
-      os.listdir(out))
+    os.listdir(out)
+  )
   processed = next(Path(data).glob("synthetic_*/processed"))
   dense, sparse = (str(next(processed.glob(f"test*{f}*.npy"))) for f in ("dense", "sparse"))
   # Scored in a fresh interpreter that can import only the export directory.
-  script = (f"import sys; sys.path[:] = [{str(out)!r}] + [p for p in sys.path if 'site-packages' "
-            f"in p or 'lib/python' in p]\n"
-            "import numpy as np, dlrm_loader\n"
-            f"s = dlrm_loader.load({str(out)!r})\n"
-            f"p = s(np.load({dense!r}), np.load({sparse!r}))\n"
-            f"np.save({str(tmp_path / 'p.npy')!r}, p)\n"
-            "assert 'dlrm_jax' not in sys.modules\n")
+  script = (
+    f"import sys; sys.path[:] = [{str(out)!r}] + [p for p in sys.path if 'site-packages' "
+    f"in p or 'lib/python' in p]\n"
+    "import numpy as np, dlrm_loader\n"
+    f"s = dlrm_loader.load({str(out)!r})\n"
+    f"p = s(np.load({dense!r}), np.load({sparse!r}))\n"
+    f"np.save({str(tmp_path / 'p.npy')!r}, p)\n"
+    "assert 'dlrm_jax' not in sys.modules\n"
+  )
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", script],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   exported = np.load(tmp_path / "p.npy")
   np.testing.assert_allclose(exported, table[:, 1], atol=1e-6)

@@ -12,9 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(work, data, *args, timeout=240):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, str(REPO / "main.py"), f"--flagfile={REPO}/experiments/tiny.flags",
-         f"--workdir={work}", f"--data_dir={data}", "--noprogress", "--max_steps=10",
-         "--eval_every_steps=0", *args]
+  cmd = [
+    sys.executable,
+    str(REPO / "main.py"),
+    f"--flagfile={REPO}/experiments/tiny.flags",
+    f"--workdir={work}",
+    f"--data_dir={data}",
+    "--noprogress",
+    "--max_steps=10",
+    "--eval_every_steps=0",
+    *args,
+  ]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -27,8 +35,14 @@ def test_train_tiny_then_predict_unlabeled_raw_file(tmp_path):
   test_file = tmp_path / "test.txt"
   test_file.write_text("\n".join(line.split("\t", 1)[1] for line in train[:3001]) + "\n")
   out = tmp_path / "submission.csv"
-  proc = run(work, data, "--mode=predict", f"--predict_file={test_file}",
-             f"--predictions_file={out}", "--first_test_id=60000000")
+  proc = run(
+    work,
+    data,
+    "--mode=predict",
+    f"--predict_file={test_file}",
+    f"--predictions_file={out}",
+    "--first_test_id=60000000",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = out.read_text().splitlines()
   assert lines[0] == "Id,Predicted" and len(lines) == 3002
@@ -36,7 +50,9 @@ def test_train_tiny_then_predict_unlabeled_raw_file(tmp_path):
   np.testing.assert_array_equal(table[:, 0], 60_000_000 + np.arange(3001))
   assert np.all((table[:, 1] > 0) & (table[:, 1] < 1))
   # A labelled file where an unlabeled one is expected: a clear error, no traceback.
-  proc = run(work, data, "--mode=predict", f"--predict_file={next(data.glob('synthetic_*/train.txt'))}")
+  proc = run(
+    work, data, "--mode=predict", f"--predict_file={next(data.glob('synthetic_*/train.txt'))}"
+  )
   assert proc.returncode == 2 and "label column" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -44,7 +60,9 @@ def test_target_auc_stops_training_at_the_first_validation_reaching_it(tmp_path)
   import json
 
   work = tmp_path / "work"
-  proc = run(work, tmp_path / "data", "--max_steps=40", "--eval_every_steps=10", "--target_auc=0.01")
+  proc = run(
+    work, tmp_path / "data", "--max_steps=40", "--eval_every_steps=10", "--target_auc=0.01"
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
   evals = [(r["step"], r["split"]) for r in records if "split" in r]

@@ -20,8 +20,16 @@ ARGS = ("--checkpoint_every_steps=10", "--keep_checkpoints=2")
 
 
 def command(work, data, *args):
-  return [sys.executable, str(REPO / "main.py"), f"--flagfile={REPO}/experiments/tiny.flags",
-          f"--workdir={work}", f"--data_dir={data}", "--noprogress", *ARGS, *args]
+  return [
+    sys.executable,
+    str(REPO / "main.py"),
+    f"--flagfile={REPO}/experiments/tiny.flags",
+    f"--workdir={work}",
+    f"--data_dir={data}",
+    "--noprogress",
+    *ARGS,
+    *args,
+  ]
 
 
 def env(devices=1):
@@ -32,8 +40,9 @@ def env(devices=1):
 
 
 def run(work, data, *args, timeout=240):
-  return subprocess.run(command(work, data, *args), cwd=REPO, env=env(), capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    command(work, data, *args), cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout
+  )
 
 
 def read_state(step_dir) -> dict[str, np.ndarray]:
@@ -79,8 +88,14 @@ def wait_for(path: Path, proc, timeout=180):
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data, reference):
   work = tmp_path / "work"
-  proc = subprocess.Popen(command(work, data), cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    command(work, data),
+    cwd=REPO,
+    env=env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   wait_for(work / "checkpoints" / "10", proc)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
@@ -89,8 +104,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data, reference):
   resumed = run(work, data)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming from" in resumed.stderr + resumed.stdout
-  assert_bitwise_equal(read_state(work / "checkpoints" / "40"),
-                       read_state(reference / "checkpoints" / "40"))
+  assert_bitwise_equal(
+    read_state(work / "checkpoints" / "40"), read_state(reference / "checkpoints" / "40")
+  )
   # metrics.jsonl continues without duplicates, with the uninterrupted run's numbers.
   strip = lambda rs: [{k: v for k, v in r.items() if k != "samples_per_sec"} for r in rs]
   assert strip(metrics(work)) == strip(metrics(reference))
@@ -98,8 +114,14 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data, reference):
 
 def test_sigterm_saves_at_step_boundary_and_says_how_to_resume(tmp_path, data):
   work = tmp_path / "work"
-  proc = subprocess.Popen(command(work, data, "--max_steps=400"), cwd=REPO, env=env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    command(work, data, "--max_steps=400"),
+    cwd=REPO,
+    env=env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   wait_for(work / "checkpoints" / "10", proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
@@ -113,8 +135,12 @@ def test_sigterm_saves_at_step_boundary_and_says_how_to_resume(tmp_path, data):
 
 def test_nan_loss_stops_naming_step_and_keeps_last_good(tmp_path, data):
   work = tmp_path / "work"
-  args = ("--learning_rate=100", "--checkpoint_every_steps=2", "--keep_checkpoints=1",
-          "--log_every_steps=1")
+  args = (
+    "--learning_rate=100",
+    "--checkpoint_every_steps=2",
+    "--keep_checkpoints=1",
+    "--log_every_steps=1",
+  )
   proc = run(work, data, *args)
   assert proc.returncode == 3, proc.stderr[-3000:]
   err = proc.stderr
@@ -141,8 +167,9 @@ def test_truncated_and_half_written_checkpoints_fall_back(tmp_path, data, refere
   assert "50.orbax-checkpoint-tmp-1234 was left half-written" in proc.stderr
   assert f"resuming from {work}/checkpoints/30" in proc.stderr + proc.stdout
   assert (work / "checkpoints_damaged" / "40").is_dir()
-  assert_bitwise_equal(read_state(work / "checkpoints" / "40"),
-                       read_state(reference / "checkpoints" / "40"))
+  assert_bitwise_equal(
+    read_state(work / "checkpoints" / "40"), read_state(reference / "checkpoints" / "40")
+  )
 
 
 def test_other_configuration_is_refused_listing_fields(tmp_path, data, reference):

@@ -14,8 +14,10 @@ ROWS, DIM, LR = 20, 4, 0.3
 def _steps(seed, n=30, num_steps=3):
   rng = np.random.default_rng(seed)
   # Many repeated ids: duplicates must be summed before the update.
-  return [(rng.integers(0, ROWS // 2, n).astype(np.int32),
-           rng.normal(size=(n, DIM)).astype(np.float32)) for _ in range(num_steps)]
+  return [
+    (rng.integers(0, ROWS // 2, n).astype(np.int32), rng.normal(size=(n, DIM)).astype(np.float32))
+    for _ in range(num_steps)
+  ]
 
 
 def _dense_grad(ids, grads):
@@ -31,10 +33,13 @@ def _run_sparse(opt, table, steps, valid=None):
   return np.asarray(table)
 
 
-@pytest.mark.parametrize("name,tx", [
+@pytest.mark.parametrize(
+  "name,tx",
+  [
     ("sgd", optax.sgd(LR)),
     ("adagrad", optax.adagrad(LR, initial_accumulator_value=0.0, eps=1e-7)),
-])
+  ],
+)
 def test_sparse_equals_optax_on_dense_gradient(name, tx):
   table = jax.random.normal(jax.random.key(0), (ROWS, DIM))
   steps = _steps(1)
@@ -45,7 +50,7 @@ def test_sparse_equals_optax_on_dense_gradient(name, tx):
   got = _run_sparse(SparseOptimizer(name, LR, eps=1e-7), table, steps)
   np.testing.assert_allclose(got, np.asarray(dense), rtol=1e-5, atol=1e-6)
   # Rows never touched are bit-identical.
-  np.testing.assert_array_equal(got[ROWS // 2:], np.asarray(table)[ROWS // 2:])
+  np.testing.assert_array_equal(got[ROWS // 2 :], np.asarray(table)[ROWS // 2 :])
 
 
 def test_rowwise_adagrad_equals_dense_numpy():

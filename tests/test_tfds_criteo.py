@@ -8,9 +8,10 @@ from dlrm_jax.data.loader import open_split
 from dlrm_jax.data.synthetic import generate_criteo_tsv
 
 tfds = pytest.importorskip(
-    "tensorflow_datasets",
-    reason="tensorflow-datasets is not installed (pip install tensorflow-datasets==4.9.10 "
-           "importlib_resources==7.1.0; no TensorFlow needed)")
+  "tensorflow_datasets",
+  reason="tensorflow-datasets is not installed (pip install tensorflow-datasets==4.9.10 "
+  "importlib_resources==7.1.0; no TensorFlow needed)",
+)
 
 
 def test_kaggle_builder_matches_preprocessing(tmp_path):
@@ -21,8 +22,8 @@ def test_kaggle_builder_matches_preprocessing(tmp_path):
   generate_criteo_tsv(str(manual / "train.txt"), 1403, seed=2)
   builder = tfds.builder("criteo/kaggle", data_dir=str(tmp_path / "tfds"))
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual)),
-      file_format="array_record")
+    download_config=tfds.download.DownloadConfig(manual_dir=str(manual)), file_format="array_record"
+  )
   sources = builder.as_data_source()
   ours = str(tmp_path / "ours")
   preprocess.preprocess_criteo([str(manual / "train.txt")], ours, progress=False)
@@ -31,7 +32,9 @@ def test_kaggle_builder_matches_preprocessing(tmp_path):
     source = sources[split]
     assert len(source) == expected.num_rows
     # TFDS shuffles examples by key; the key is the row number, so sort back by content.
-    got = {f: np.stack([source[i][f] for i in range(len(source))]) for f in ("dense", "sparse", "label")}
+    got = {
+      f: np.stack([source[i][f] for i in range(len(source))]) for f in ("dense", "sparse", "label")
+    }
     order_got = np.lexsort(np.concatenate([got["sparse"], got["dense"]], axis=1).T)
     order_exp = np.lexsort(np.concatenate([expected.sparse, expected.dense], axis=1).T)
     for f in ("dense", "sparse", "label"):
@@ -41,5 +44,6 @@ def test_kaggle_builder_matches_preprocessing(tmp_path):
   empty.mkdir()
   with pytest.raises(Exception, match="manual"):
     tfds.builder("criteo/kaggle", data_dir=str(tmp_path / "tfds2")).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(empty)),
-        file_format="array_record")
+      download_config=tfds.download.DownloadConfig(manual_dir=str(empty)),
+      file_format="array_record",
+    )

@@ -22,8 +22,32 @@ KAGGLE_NUM_DAYS: int = 7
 # missing counted as the value 0. Our preprocessing builds the vocabulary from
 # the training days only and reserves id 0, so its sizes differ slightly.
 KAGGLE_TABLE_SIZES: tuple[int, ...] = (
-    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
-    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+  1460,
+  583,
+  10131227,
+  2202608,
+  305,
+  24,
+  12517,
+  633,
+  3,
+  93145,
+  5683,
+  8351593,
+  3194,
+  27,
+  14992,
+  5461306,
+  10,
+  5652,
+  2173,
+  4,
+  7046547,
+  18,
+  15,
+  286181,
+  105,
+  142572,
 )
 
 assert len(KAGGLE_TABLE_SIZES) == NUM_SPARSE

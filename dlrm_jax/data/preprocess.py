@@ -6,19 +6,16 @@ import dataclasses
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from dlrm_jax.data import bad_rows
-from dlrm_jax.data import columns
+from dlrm_jax.data import bad_rows, columns, prefetch, tsv_parser
 from dlrm_jax.data import criteo_format as cf
-from dlrm_jax.data import prefetch
 from dlrm_jax.data import splits as splits_lib
-from dlrm_jax.data import tsv_parser
 from dlrm_jax.data import vocab as vocab_lib
 
 FORMAT_VERSION = 2
@@ -28,357 +25,417 @@ _PARTIAL = columns.PARTIAL
 # Ids are remapped in blocks of this many rows (bounded memory).
 _REMAP_BLOCK_ROWS = 1 << 20
 SUB_SAMPLE_RULE = (
-    "each physical line k (0-based, bad lines included) of training day d draws u_k, the k-th "
-    "np.random.default_rng([sub_sample_seed, d]).random(); a negative row is dropped when u_k < "
-    "sub_sample_rate (the reference's rule: 0.875 keeps 12.5% of negatives); positives, the test "
-    "and the validation day are never dropped"
+  "each physical line k (0-based, bad lines included) of training day d draws u_k, the k-th "
+  "np.random.default_rng([sub_sample_seed, d]).random(); a negative row is dropped when u_k < "
+  "sub_sample_rate (the reference's rule: 0.875 keeps 12.5% of negatives); positives, the test "
+  "and the validation day are never dropped"
 )
 
 
 def split_file(out_dir: str, split: str, field: str) -> str:
-    """Path of one output array, e.g. train_sparse.npy."""
-    return os.path.join(out_dir, f"{split}_{field}.npy")
+  """Path of one output array, e.g. train_sparse.npy."""
+  return os.path.join(out_dir, f"{split}_{field}.npy")
 
 
 def dense_transform(raw: np.ndarray) -> np.ndarray:
-    """int64[n, 13] raw counts (missing already 0) -> float32 log(max(x, 0) + 1), as the reference."""
-    return np.log(np.maximum(raw, 0).astype(np.float32) + np.float32(1.0))
+  """int64[n, 13] raw counts (missing already 0) -> float32 log(max(x, 0) + 1), as the reference."""
+  return np.log(np.maximum(raw, 0).astype(np.float32) + np.float32(1.0))
 
 
 def source_fingerprint(raw_files: Sequence[str]) -> list[dict[str, Any]]:
-    out = []
-    for path in raw_files:
-        st = os.stat(path)
-        out.append({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return out
+  out = []
+  for path in raw_files:
+    st = os.stat(path)
+    out.append({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+  return out
 
 
 def write_json_atomic(path: str, obj: dict[str, Any]) -> None:
-    tmp = path + _PARTIAL
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+  tmp = path + _PARTIAL
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def check_raw_file(path: str, *, labeled: bool = True) -> None:
-    """Clear errors for a missing or empty file, and for a file with(out) the label column."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    head = tsv_parser.first_line(path)
-    if os.path.getsize(path) == 0 or not head:
-        raise bad_rows.BadRowError(f"{path}: the file is empty (no rows); re-download or re-extract it")
-    fields = head.count(b"\t") + 1
-    if labeled and fields == cf.NUM_FIELDS - 1:
-        raise bad_rows.BadRowError(
-            f"{path}: lines have {fields} fields, no label column: this looks like Kaggle's unlabeled test.txt. "
-            f"Training and evaluation need labelled rows (train.txt); score unlabeled files with "
-            f"--mode=predict --predict_file={path}"
-        )
-    if not labeled and fields == cf.NUM_FIELDS:
-        raise bad_rows.BadRowError(
-            f"{path}: lines have {fields} fields, i.e. a label column; --predict_file expects unlabeled rows "
-            f"(Kaggle's test.txt, {cf.NUM_FIELDS - 1} fields). Evaluate labelled data with --mode=eval"
-        )
+  """Clear errors for a missing or empty file, and for a file with(out) the label column."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such file")
+  head = tsv_parser.first_line(path)
+  if os.path.getsize(path) == 0 or not head:
+    raise bad_rows.BadRowError(f"{path}: the file is empty (no rows); re-download or re-extract it")
+  fields = head.count(b"\t") + 1
+  if labeled and fields == cf.NUM_FIELDS - 1:
+    raise bad_rows.BadRowError(
+      f"{path}: lines have {fields} fields, no label column: this looks like Kaggle's unlabeled test.txt. "
+      f"Training and evaluation need labelled rows (train.txt); score unlabeled files with "
+      f"--mode=predict --predict_file={path}"
+    )
+  if not labeled and fields == cf.NUM_FIELDS:
+    raise bad_rows.BadRowError(
+      f"{path}: lines have {fields} fields, i.e. a label column; --predict_file expects unlabeled rows "
+      f"(Kaggle's test.txt, {cf.NUM_FIELDS - 1} fields). Evaluate labelled data with --mode=eval"
+    )
 
 
 def _cached_metadata(out_dir: str, expected: dict[str, Any]) -> dict[str, Any] | None:
-    path = os.path.join(out_dir, METADATA_FILE)
-    if not os.path.exists(path):
+  path = os.path.join(out_dir, METADATA_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    meta = json.load(f)
+  if any(meta.get(k) != v for k, v in expected.items()):
+    return None
+  for split in splits_lib.SPLITS:
+    for field in columns.FIELDS:
+      if not os.path.exists(split_file(out_dir, split, field)):
         return None
-    with open(path) as f:
-        meta = json.load(f)
-    if any(meta.get(k) != v for k, v in expected.items()):
-        return None
-    for split in splits_lib.SPLITS:
-        for field in columns.FIELDS:
-            if not os.path.exists(split_file(out_dir, split, field)):
-                return None
-    return meta
+  return meta
 
 
 def chunk_bytes_for(raw_files: Sequence[str], chunk_rows: int) -> int:
-    """Bytes per parsed chunk so that a chunk holds about chunk_rows rows."""
-    with tsv_parser.open_raw(raw_files[0]) as f:
-        head = f.read(1 << 20)
-    lines = max(head.count(b"\n"), 1)
-    return max(int(chunk_rows * len(head) / lines), 1 << 16)
+  """Bytes per parsed chunk so that a chunk holds about chunk_rows rows."""
+  with tsv_parser.open_raw(raw_files[0]) as f:
+    head = f.read(1 << 20)
+  lines = max(head.count(b"\n"), 1)
+  return max(int(chunk_rows * len(head) / lines), 1 << 16)
 
 
 class _Subsampler:
-    """Draws one uniform per physical line of each training day, in order (see SUB_SAMPLE_RULE)."""
+  """Draws one uniform per physical line of each training day, in order (see SUB_SAMPLE_RULE)."""
 
-    def __init__(self, rate: float, seed: int) -> None:
-        self.rate, self.seed = rate, seed
-        self._state: dict[int, tuple[np.random.Generator, int]] = {}
+  def __init__(self, rate: float, seed: int) -> None:
+    self.rate, self.seed = rate, seed
+    self._state: dict[int, tuple[np.random.Generator, int]] = {}
 
-    def uniforms(self, day: int, day_first_line: int, lo: int, hi: int) -> np.ndarray:
-        """u for lines [lo, hi) (global line numbers) of `day`, which starts at day_first_line."""
-        rng, pos = self._state.get(day) or (np.random.default_rng([self.seed, day]), day_first_line)
-        if lo < pos:
-            raise RuntimeError("sub-sampling lines were requested out of order")
-        u = rng.random(hi - pos)[lo - pos :]
-        self._state[day] = (rng, hi)
-        return u
+  def uniforms(self, day: int, day_first_line: int, lo: int, hi: int) -> np.ndarray:
+    """u for lines [lo, hi) (global line numbers) of `day`, which starts at day_first_line."""
+    rng, pos = self._state.get(day) or (np.random.default_rng([self.seed, day]), day_first_line)
+    if lo < pos:
+      raise RuntimeError("sub-sampling lines were requested out of order")
+    u = rng.random(hi - pos)[lo - pos :]
+    self._state[day] = (rng, hi)
+    return u
 
 
 @dataclasses.dataclass
 class Segment:
-    """Lines [lo, hi) of the (concatenated) raw input that go to `writer`; `day` numbers the day."""
+  """Lines [lo, hi) of the (concatenated) raw input that go to `writer`; `day` numbers the day."""
 
-    lo: int
-    hi: int
-    writer: columns.ColumnsWriter
-    day: int
-    train: bool
+  lo: int
+  hi: int
+  writer: columns.ColumnsWriter
+  day: int
+  train: bool
 
 
-def _chunks(raw_files: Sequence[str], report: bad_rows.BadRowReport, chunk_bytes: int) -> Iterator[tuple[Any, int]]:
-    offset = 0
-    for path in raw_files:
-        end = 0
-        for parsed in tsv_parser.iter_parsed(path, report, chunk_bytes=chunk_bytes):
-            end = parsed.line_range[1]
-            yield parsed, offset
-        offset += end
+def _chunks(
+  raw_files: Sequence[str], report: bad_rows.BadRowReport, chunk_bytes: int
+) -> Iterator[tuple[Any, int]]:
+  offset = 0
+  for path in raw_files:
+    end = 0
+    for parsed in tsv_parser.iter_parsed(path, report, chunk_bytes=chunk_bytes):
+      end = parsed.line_range[1]
+      yield parsed, offset
+    offset += end
 
 
 def stream(
-    raw_files: Sequence[str], segments: Sequence[Segment], report: bad_rows.BadRowReport, *,
-    max_ind_range: int, sub_sample_rate: float, sub_sample_seed: int, chunk_bytes: int,
-    counters: list[vocab_lib.ValueCounter], progress: bool = False, progress_total: int | None = None,
-    desc: str = "parse",
+  raw_files: Sequence[str],
+  segments: Sequence[Segment],
+  report: bad_rows.BadRowReport,
+  *,
+  max_ind_range: int,
+  sub_sample_rate: float,
+  sub_sample_seed: int,
+  chunk_bytes: int,
+  counters: list[vocab_lib.ValueCounter],
+  progress: bool = False,
+  progress_total: int | None = None,
+  desc: str = "parse",
 ) -> dict[str, int]:
-    """Parse every row once into its segment's writer: final dense/label, raw (hashed) values as sparse,
-    missing bits; training rows are sub-sampled and counted into `counters`. Returns line/row counts."""
-    sub = _Subsampler(sub_sample_rate, sub_sample_seed)
-    stats = {"lines": 0, "rows": 0, "dropped_negatives": 0}
-    with tqdm(total=progress_total, unit="lines", unit_scale=True, desc=desc, disable=not progress) as bar:
-        # Parsing the next chunk (pyarrow, GIL released) overlaps this chunk's NumPy work.
-        for parsed, offset in prefetch.background(_chunks(raw_files, report, chunk_bytes)):
-            chunk = parsed.raw
-            lines = parsed.lines + offset
-            c0, c1 = parsed.line_range[0] + offset, parsed.line_range[1] + offset
-            cat_t, missing_t = chunk.cat_t, chunk.missing_t
-            if 0 < max_ind_range < 2**32:  # larger ranges leave uint32 hashes unchanged
-                cat_t %= np.uint32(max_ind_range)
-            dense = dense_transform(chunk.dense)
-            label = chunk.label.astype(np.float32)
-            missing_bits = np.packbits(missing_t, axis=0).T
-            for seg in segments:
-                lo, hi = max(seg.lo, c0), min(seg.hi, c1)
-                if lo >= hi:
-                    continue
-                a, b = np.searchsorted(lines, [lo, hi])
-                rows: slice | np.ndarray = slice(a, b)
-                if seg.train and sub_sample_rate > 0:
-                    u = sub.uniforms(seg.day, seg.lo, lo, hi)
-                    drop = (label[a:b] == 0) & (u[lines[a:b] - lo] < sub_sample_rate)
-                    stats["dropped_negatives"] += int(drop.sum())
-                    rows = np.flatnonzero(~drop) + a
-                seg.writer.append(dense[rows], label[rows], cat_t[:, rows].T, missing_bits[rows])
-                stats["rows"] += int(label[rows].shape[0])
-                if seg.train:
-                    for j, counter in enumerate(counters):
-                        counter.add(cat_t[j, rows][~missing_t[j, rows]])
-            stats["lines"] += c1 - c0
-            bar.update(c1 - c0)
-    return stats
+  """Parse every row once into its segment's writer: final dense/label, raw (hashed) values as sparse,
+  missing bits; training rows are sub-sampled and counted into `counters`. Returns line/row counts."""
+  sub = _Subsampler(sub_sample_rate, sub_sample_seed)
+  stats = {"lines": 0, "rows": 0, "dropped_negatives": 0}
+  with tqdm(
+    total=progress_total, unit="lines", unit_scale=True, desc=desc, disable=not progress
+  ) as bar:
+    # Parsing the next chunk (pyarrow, GIL released) overlaps this chunk's NumPy work.
+    for parsed, offset in prefetch.background(_chunks(raw_files, report, chunk_bytes)):
+      chunk = parsed.raw
+      lines = parsed.lines + offset
+      c0, c1 = parsed.line_range[0] + offset, parsed.line_range[1] + offset
+      cat_t, missing_t = chunk.cat_t, chunk.missing_t
+      if 0 < max_ind_range < 2**32:  # larger ranges leave uint32 hashes unchanged
+        cat_t %= np.uint32(max_ind_range)
+      dense = dense_transform(chunk.dense)
+      label = chunk.label.astype(np.float32)
+      missing_bits = np.packbits(missing_t, axis=0).T
+      for seg in segments:
+        lo, hi = max(seg.lo, c0), min(seg.hi, c1)
+        if lo >= hi:
+          continue
+        a, b = np.searchsorted(lines, [lo, hi])
+        rows: slice | np.ndarray = slice(a, b)
+        if seg.train and sub_sample_rate > 0:
+          u = sub.uniforms(seg.day, seg.lo, lo, hi)
+          drop = (label[a:b] == 0) & (u[lines[a:b] - lo] < sub_sample_rate)
+          stats["dropped_negatives"] += int(drop.sum())
+          rows = np.flatnonzero(~drop) + a
+        seg.writer.append(dense[rows], label[rows], cat_t[:, rows].T, missing_bits[rows])
+        stats["rows"] += int(label[rows].shape[0])
+        if seg.train:
+          for j, counter in enumerate(counters):
+            counter.add(cat_t[j, rows][~missing_t[j, rows]])
+      stats["lines"] += c1 - c0
+      bar.update(c1 - c0)
+  return stats
 
 
-def remap_in_place(writers: Sequence[columns.ColumnsWriter], tables: list[vocab_lib.IdTable], progress: bool) -> None:
-    """Replace the raw values in each writer's closed sparse file by ids, block by block."""
-    total = sum(w.rows for w in writers)
-    with (
-        tqdm(total=total, unit="rows", unit_scale=True, desc="ids", disable=not progress) as bar,
-        ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
-    ):
-        for w in writers:
-            sparse = np.load(w.partial("sparse"), mmap_mode="r+")
-            missing = np.load(w.partial("missing"), mmap_mode="r")
-            for a in range(0, w.rows, _REMAP_BLOCK_ROWS):
-                b = min(a + _REMAP_BLOCK_ROWS, w.rows)
-                sparse[a:b] = columns.remap_block(sparse[a:b], missing[a:b], tables, pool)
-                bar.update(b - a)
-            sparse.flush()
-            del sparse, missing
+def remap_in_place(
+  writers: Sequence[columns.ColumnsWriter], tables: list[vocab_lib.IdTable], progress: bool
+) -> None:
+  """Replace the raw values in each writer's closed sparse file by ids, block by block."""
+  total = sum(w.rows for w in writers)
+  with (
+    tqdm(total=total, unit="rows", unit_scale=True, desc="ids", disable=not progress) as bar,
+    ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+  ):
+    for w in writers:
+      sparse = np.load(w.partial("sparse"), mmap_mode="r+")
+      missing = np.load(w.partial("missing"), mmap_mode="r")
+      for a in range(0, w.rows, _REMAP_BLOCK_ROWS):
+        b = min(a + _REMAP_BLOCK_ROWS, w.rows)
+        sparse[a:b] = columns.remap_block(sparse[a:b], missing[a:b], tables, pool)
+        bar.update(b - a)
+      sparse.flush()
+      del sparse, missing
 
 
 def build_tables(vocabs: list[np.ndarray]) -> list[vocab_lib.IdTable]:
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(vocab_lib.IdTable, vocabs))
+  with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    return list(pool.map(vocab_lib.IdTable, vocabs))
 
 
 def save_vocab(out_dir: str, vocabs: list[np.ndarray]) -> None:
-    tmp = os.path.join(out_dir, VOCAB_FILE + _PARTIAL + ".npz")
-    np.savez(tmp, **{name: v for name, v in zip(cf.SPARSE_NAMES, vocabs)})
-    os.replace(tmp, os.path.join(out_dir, VOCAB_FILE))
+  tmp = os.path.join(out_dir, VOCAB_FILE + _PARTIAL + ".npz")
+  np.savez(tmp, **{name: v for name, v in zip(cf.SPARSE_NAMES, vocabs)})
+  os.replace(tmp, os.path.join(out_dir, VOCAB_FILE))
 
 
-def common_metadata(vocabs: list[np.ndarray], distinct: list[int], rows: dict[str, int],
-                    positives: dict[str, float], report: bad_rows.BadRowReport) -> dict[str, Any]:
-    return {
-        "table_sizes": [int(v.size) + 1 for v in vocabs],
-        "num_rows": rows,
-        "positive_rate": {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in rows},
-        "distinct_train_values": distinct,
-        "num_dense": cf.NUM_DENSE, "num_sparse": cf.NUM_SPARSE,
-        "dense_names": list(cf.DENSE_NAMES), "sparse_names": list(cf.SPARSE_NAMES),
-        "dense_transform": "log(max(x, 0) + 1) in float32; missing -> 0",
-        "id_convention": (
-            "per feature, training-days values (after % max_ind_range) sorted ascending get ids 1..V; "
-            "id 0 = missing, unseen in training, or rarer than min_frequency; table size V + 1"
-        ),
-        "sub_sample_rule": SUB_SAMPLE_RULE,
-        "bad_rows": report.to_json(),
-        "bad_rows_summary": report.summary(),
-    }
+def common_metadata(
+  vocabs: list[np.ndarray],
+  distinct: list[int],
+  rows: dict[str, int],
+  positives: dict[str, float],
+  report: bad_rows.BadRowReport,
+) -> dict[str, Any]:
+  return {
+    "table_sizes": [int(v.size) + 1 for v in vocabs],
+    "num_rows": rows,
+    "positive_rate": {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in rows},
+    "distinct_train_values": distinct,
+    "num_dense": cf.NUM_DENSE,
+    "num_sparse": cf.NUM_SPARSE,
+    "dense_names": list(cf.DENSE_NAMES),
+    "sparse_names": list(cf.SPARSE_NAMES),
+    "dense_transform": "log(max(x, 0) + 1) in float32; missing -> 0",
+    "id_convention": (
+      "per feature, training-days values (after % max_ind_range) sorted ascending get ids 1..V; "
+      "id 0 = missing, unseen in training, or rarer than min_frequency; table size V + 1"
+    ),
+    "sub_sample_rule": SUB_SAMPLE_RULE,
+    "bad_rows": report.to_json(),
+    "bad_rows_summary": report.summary(),
+  }
 
 
 def preprocess_criteo(
-    raw_files: list[str],
-    out_dir: str,
-    *,
-    dataset: str = "kaggle",
-    max_ind_range: int = 0,
-    min_frequency: int = 1,
-    sub_sample_rate: float = 0.0,
-    sub_sample_seed: int = 0,
-    strict: bool = False,
-    chunk_rows: int = 1 << 19,
-    num_days: int = cf.KAGGLE_NUM_DAYS,
-    progress: bool = True,
-    extra_metadata: dict[str, Any] | None = None,
-    overwrite: bool = False,
+  raw_files: list[str],
+  out_dir: str,
+  *,
+  dataset: str = "kaggle",
+  max_ind_range: int = 0,
+  min_frequency: int = 1,
+  sub_sample_rate: float = 0.0,
+  sub_sample_seed: int = 0,
+  strict: bool = False,
+  chunk_rows: int = 1 << 19,
+  num_days: int = cf.KAGGLE_NUM_DAYS,
+  progress: bool = True,
+  extra_metadata: dict[str, Any] | None = None,
+  overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Preprocess raw Criteo TSV files into `out_dir`; returns the metadata.
+  """Preprocess raw Criteo TSV files into `out_dir`; returns the metadata.
 
-    dataset="kaggle": `raw_files` are concatenated and cut into `num_days`
-    consecutive days of physical lines (splits.split_ranges: the last day halved
-    into test, then validation). dataset="terabyte": one file per day (gzip or
-    not), the last one halved; each day is cached under out_dir/days/ and reused
-    (see terabyte.py).
-    Output per split in ("train", "test", "validation"):
-      {split}_dense.npy f32[N, 13], {split}_sparse.npy i32[N, 26], {split}_label.npy f32[N],
-    plus vocab.npz and metadata.json (written last: its presence means finished).
-    Dense: log(max(x, 0) + 1), missing -> 0. Sparse ids: per feature, the training
-    days' values (after % max_ind_range when > 0) with count >= min_frequency,
-    sorted, get ids 1..V; id 0 is missing, unseen in training, or rare; table size V + 1.
-    Negatives of training days are dropped per SUB_SAMPLE_RULE when sub_sample_rate > 0.
-    Bad rows are skipped and counted (metadata["bad_rows"]), or raise BadRowError
-    with their file:line when strict. chunk_rows bounds memory.
-    A finished directory made from the same files (path, size, mtime) and options
-    is reused unless overwrite=True.
-    """
-    if dataset not in ("kaggle", "terabyte"):
-        raise ValueError(f"dataset={dataset!r}: expected kaggle or terabyte")
-    if not raw_files:
-        raise ValueError("no raw files given")
-    if max_ind_range < 0 or min_frequency < 1 or not 0.0 <= sub_sample_rate < 1.0:
-        raise ValueError("need max_ind_range >= 0, min_frequency >= 1 and 0 <= sub_sample_rate < 1")
-    for path in raw_files:
-        check_raw_file(path, labeled=True)
-    if dataset == "terabyte":
-        num_days = len(raw_files)
-    options = {
-        "format_version": FORMAT_VERSION, "dataset": dataset, "max_ind_range": int(max_ind_range),
-        "min_frequency": int(min_frequency), "num_days": int(num_days),
-        "sub_sample_rate": float(sub_sample_rate), "sub_sample_seed": int(sub_sample_seed),
-        "source": source_fingerprint(raw_files),
-    }
-    report = bad_rows.BadRowReport(strict=strict)
-    if not overwrite and (meta := _cached_metadata(out_dir, options)) is not None:
-        report.merge(meta.get("bad_rows", {}))
-        return meta
-    os.makedirs(out_dir, exist_ok=True)
-    meta_path = os.path.join(out_dir, METADATA_FILE)
-    if os.path.exists(meta_path):
-        os.remove(meta_path)  # the old files are about to be replaced one by one
-
-    start = time.perf_counter()
-    if dataset == "terabyte":
-        from dlrm_jax.data import terabyte
-
-        meta = terabyte.preprocess_days(raw_files, out_dir, options, report, chunk_rows=chunk_rows,
-                                        progress=progress, overwrite=overwrite)
-    else:
-        meta = _preprocess_kaggle(raw_files, out_dir, options, report, chunk_rows, progress)
-    meta["seconds"] = round(time.perf_counter() - start, 3)
-    if extra_metadata:
-        meta.update(extra_metadata)
-    write_json_atomic(meta_path, meta)
+  dataset="kaggle": `raw_files` are concatenated and cut into `num_days`
+  consecutive days of physical lines (splits.split_ranges: the last day halved
+  into test, then validation). dataset="terabyte": one file per day (gzip or
+  not), the last one halved; each day is cached under out_dir/days/ and reused
+  (see terabyte.py).
+  Output per split in ("train", "test", "validation"):
+    {split}_dense.npy f32[N, 13], {split}_sparse.npy i32[N, 26], {split}_label.npy f32[N],
+  plus vocab.npz and metadata.json (written last: its presence means finished).
+  Dense: log(max(x, 0) + 1), missing -> 0. Sparse ids: per feature, the training
+  days' values (after % max_ind_range when > 0) with count >= min_frequency,
+  sorted, get ids 1..V; id 0 is missing, unseen in training, or rare; table size V + 1.
+  Negatives of training days are dropped per SUB_SAMPLE_RULE when sub_sample_rate > 0.
+  Bad rows are skipped and counted (metadata["bad_rows"]), or raise BadRowError
+  with their file:line when strict. chunk_rows bounds memory.
+  A finished directory made from the same files (path, size, mtime) and options
+  is reused unless overwrite=True.
+  """
+  if dataset not in ("kaggle", "terabyte"):
+    raise ValueError(f"dataset={dataset!r}: expected kaggle or terabyte")
+  if not raw_files:
+    raise ValueError("no raw files given")
+  if max_ind_range < 0 or min_frequency < 1 or not 0.0 <= sub_sample_rate < 1.0:
+    raise ValueError("need max_ind_range >= 0, min_frequency >= 1 and 0 <= sub_sample_rate < 1")
+  for path in raw_files:
+    check_raw_file(path, labeled=True)
+  if dataset == "terabyte":
+    num_days = len(raw_files)
+  options = {
+    "format_version": FORMAT_VERSION,
+    "dataset": dataset,
+    "max_ind_range": int(max_ind_range),
+    "min_frequency": int(min_frequency),
+    "num_days": int(num_days),
+    "sub_sample_rate": float(sub_sample_rate),
+    "sub_sample_seed": int(sub_sample_seed),
+    "source": source_fingerprint(raw_files),
+  }
+  report = bad_rows.BadRowReport(strict=strict)
+  if not overwrite and (meta := _cached_metadata(out_dir, options)) is not None:
+    report.merge(meta.get("bad_rows", {}))
     return meta
+  os.makedirs(out_dir, exist_ok=True)
+  meta_path = os.path.join(out_dir, METADATA_FILE)
+  if os.path.exists(meta_path):
+    os.remove(meta_path)  # the old files are about to be replaced one by one
 
+  start = time.perf_counter()
+  if dataset == "terabyte":
+    from dlrm_jax.data import terabyte
 
-def _preprocess_kaggle(raw_files: list[str], out_dir: str, options: dict[str, Any],
-                       report: bad_rows.BadRowReport, chunk_rows: int, progress: bool) -> dict[str, Any]:
-    num_days = options["num_days"]
-    num_lines = sum(tsv_parser.count_lines(p) for p in raw_files)
-    ranges = splits_lib.split_ranges(num_lines, num_days)
-    days = splits_lib.day_row_counts(num_lines, num_days)
-    writers = {s: columns.ColumnsWriter(out_dir, s, with_missing=True) for s in splits_lib.SPLITS}
-    day_starts = np.concatenate([[0], np.cumsum(days)]).tolist()
-    segments = [Segment(day_starts[d], day_starts[d + 1], writers["train"], d, True) for d in range(num_days - 1)]
-    segments += [Segment(*ranges[s], writers[s], num_days - 1, False) for s in ("test", "validation")]
-    counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)]
-    stats = stream(
-        raw_files, segments, report, max_ind_range=options["max_ind_range"],
-        sub_sample_rate=options["sub_sample_rate"], sub_sample_seed=options["sub_sample_seed"],
-        chunk_bytes=chunk_bytes_for(raw_files, chunk_rows), counters=counters,
-        progress=progress, progress_total=num_lines,
+    meta = terabyte.preprocess_days(
+      raw_files,
+      out_dir,
+      options,
+      report,
+      chunk_rows=chunk_rows,
+      progress=progress,
+      overwrite=overwrite,
     )
-    if stats["lines"] != num_lines:
-        raise RuntimeError(f"parsed {stats['lines']} lines but counted {num_lines}: did the files change?")
-    if stats["rows"] == 0:
-        raise bad_rows.BadRowError(f"no usable rows in {', '.join(raw_files)}: {report.summary()}")
-    for w in writers.values():
-        w.close()
-    counted = [c.result() for c in counters]
-    vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"]) for v, c in counted]
-    remap_in_place(list(writers.values()), build_tables(vocabs), progress)
-    for w in writers.values():
-        w.commit(keep_missing=False)
-    save_vocab(out_dir, vocabs)
-    meta = dict(options)
-    meta.update(common_metadata(
-        vocabs, [int(v.size) for v, _ in counted], {s: w.rows for s, w in writers.items()},
-        {s: w.positives for s, w in writers.items()}, report))
-    meta.update({
-        "num_lines": num_lines,
-        "line_ranges": {s: list(r) for s, r in ranges.items()},
-        "day_line_counts": days,
-        "dropped_negatives": stats["dropped_negatives"],
-    })
-    return meta
+  else:
+    meta = _preprocess_kaggle(raw_files, out_dir, options, report, chunk_rows, progress)
+  meta["seconds"] = round(time.perf_counter() - start, 3)
+  if extra_metadata:
+    meta.update(extra_metadata)
+  write_json_atomic(meta_path, meta)
+  return meta
+
+
+def _preprocess_kaggle(
+  raw_files: list[str],
+  out_dir: str,
+  options: dict[str, Any],
+  report: bad_rows.BadRowReport,
+  chunk_rows: int,
+  progress: bool,
+) -> dict[str, Any]:
+  num_days = options["num_days"]
+  num_lines = sum(tsv_parser.count_lines(p) for p in raw_files)
+  ranges = splits_lib.split_ranges(num_lines, num_days)
+  days = splits_lib.day_row_counts(num_lines, num_days)
+  writers = {s: columns.ColumnsWriter(out_dir, s, with_missing=True) for s in splits_lib.SPLITS}
+  day_starts = np.concatenate([[0], np.cumsum(days)]).tolist()
+  segments = [
+    Segment(day_starts[d], day_starts[d + 1], writers["train"], d, True)
+    for d in range(num_days - 1)
+  ]
+  segments += [Segment(*ranges[s], writers[s], num_days - 1, False) for s in ("test", "validation")]
+  counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)]
+  stats = stream(
+    raw_files,
+    segments,
+    report,
+    max_ind_range=options["max_ind_range"],
+    sub_sample_rate=options["sub_sample_rate"],
+    sub_sample_seed=options["sub_sample_seed"],
+    chunk_bytes=chunk_bytes_for(raw_files, chunk_rows),
+    counters=counters,
+    progress=progress,
+    progress_total=num_lines,
+  )
+  if stats["lines"] != num_lines:
+    raise RuntimeError(
+      f"parsed {stats['lines']} lines but counted {num_lines}: did the files change?"
+    )
+  if stats["rows"] == 0:
+    raise bad_rows.BadRowError(f"no usable rows in {', '.join(raw_files)}: {report.summary()}")
+  for w in writers.values():
+    w.close()
+  counted = [c.result() for c in counters]
+  vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"]) for v, c in counted]
+  remap_in_place(list(writers.values()), build_tables(vocabs), progress)
+  for w in writers.values():
+    w.commit(keep_missing=False)
+  save_vocab(out_dir, vocabs)
+  meta = dict(options)
+  meta.update(
+    common_metadata(
+      vocabs,
+      [int(v.size) for v, _ in counted],
+      {s: w.rows for s, w in writers.items()},
+      {s: w.positives for s, w in writers.items()},
+      report,
+    )
+  )
+  meta.update(
+    {
+      "num_lines": num_lines,
+      "line_ranges": {s: list(r) for s, r in ranges.items()},
+      "day_line_counts": days,
+      "dropped_negatives": stats["dropped_negatives"],
+    }
+  )
+  return meta
 
 
 def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19):
-    """A raw unlabeled Criteo file (Kaggle test.txt: 39 fields) encoded with `processed_dir`'s training
-    vocabulary and options, exactly as preprocessing encodes rows -> loader.SplitArrays (label all 0).
+  """A raw unlabeled Criteo file (Kaggle test.txt: 39 fields) encoded with `processed_dir`'s training
+  vocabulary and options, exactly as preprocessing encodes rows -> loader.SplitArrays (label all 0).
 
-    Every line must be good (each line is one Id of a submission), so a bad row raises
-    BadRowError with its file:line.
-    """
-    from dlrm_jax.data.loader import SplitArrays, read_metadata
+  Every line must be good (each line is one Id of a submission), so a bad row raises
+  BadRowError with its file:line.
+  """
+  from dlrm_jax.data.loader import SplitArrays, read_metadata
 
-    meta = read_metadata(processed_dir)
-    check_raw_file(path, labeled=False)
-    with np.load(os.path.join(processed_dir, VOCAB_FILE)) as z:
-        tables = build_tables([z[name] for name in meta["sparse_names"]])
-    max_ind_range = int(meta.get("max_ind_range", 0))
-    report = bad_rows.BadRowReport(strict=True)
-    dense, sparse = [], []
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        chunks = tsv_parser.iter_parsed(path, report, labeled=False,
-                                        chunk_bytes=chunk_bytes_for([path], chunk_rows))
-        for parsed in prefetch.background(chunks):
-            chunk = parsed.raw
-            if 0 < max_ind_range < 2**32:
-                chunk.cat_t[...] %= np.uint32(max_ind_range)
-            dense.append(dense_transform(chunk.dense))
-            bits = np.packbits(chunk.missing_t, axis=0).T
-            sparse.append(columns.remap_block(chunk.cat_t.T, bits, tables, pool))
-    dense_all = np.concatenate(dense) if dense else np.zeros((0, cf.NUM_DENSE), np.float32)
-    sparse_all = np.concatenate(sparse) if sparse else np.zeros((0, cf.NUM_SPARSE), np.int32)
-    return SplitArrays(dense=dense_all, sparse=sparse_all, label=np.zeros(dense_all.shape[0], np.float32))
+  meta = read_metadata(processed_dir)
+  check_raw_file(path, labeled=False)
+  with np.load(os.path.join(processed_dir, VOCAB_FILE)) as z:
+    tables = build_tables([z[name] for name in meta["sparse_names"]])
+  max_ind_range = int(meta.get("max_ind_range", 0))
+  report = bad_rows.BadRowReport(strict=True)
+  dense, sparse = [], []
+  with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    chunks = tsv_parser.iter_parsed(
+      path, report, labeled=False, chunk_bytes=chunk_bytes_for([path], chunk_rows)
+    )
+    for parsed in prefetch.background(chunks):
+      chunk = parsed.raw
+      if 0 < max_ind_range < 2**32:
+        chunk.cat_t[...] %= np.uint32(max_ind_range)
+      dense.append(dense_transform(chunk.dense))
+      bits = np.packbits(chunk.missing_t, axis=0).T
+      sparse.append(columns.remap_block(chunk.cat_t.T, bits, tables, pool))
+  dense_all = np.concatenate(dense) if dense else np.zeros((0, cf.NUM_DENSE), np.float32)
+  sparse_all = np.concatenate(sparse) if sparse else np.zeros((0, cf.NUM_SPARSE), np.int32)
+  return SplitArrays(
+    dense=dense_all, sparse=sparse_all, label=np.zeros(dense_all.shape[0], np.float32)
+  )
