@@ -1,5 +1,6 @@
-"""Prints shuffled-batch rows/s of BatchLoader at batch 128 and 2048 (in RAM and memory-mapped), and how many
-times faster that is than the reference Kaggle model's train step consumes rows (same process, same data)."""
+"""Prints shuffled-batch rows/s of BatchLoader at batch 128 and 2048 (in RAM and memory-mapped), and
+how many times faster that is than the reference Kaggle model's train step consumes rows (same
+process, same data)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def rows_per_second(loader: BatchLoader, rows: int) -> float:
 
 
 def train_rows_per_second(processed: str, batch: int, steps: int = 30, windows: int = 3) -> float:
-  """Samples/s of the reference Kaggle architecture's jitted train step (dim 16, SGD) on this data's tables."""
+  """Samples/s of the reference Kaggle architecture's jitted train step (dim 16, SGD) on this data's
+  tables."""
   import jax
   import numpy as np
 
@@ -99,8 +101,8 @@ def main() -> None:
       for batch, loader_rate in medians.items():
         train_rate = train_rows_per_second(processed, batch)
         print(
-          f"batch {batch:5d}: train step consumes {train_rate:,.0f} rows/s (reference Kaggle model); "
-          f"loader in RAM is {loader_rate / train_rate:.1f}x faster"
+          f"batch {batch:5d}: train step consumes {train_rate:,.0f} rows/s "
+          f"(reference Kaggle model); loader in RAM is {loader_rate / train_rate:.1f}x faster"
         )
 
 

@@ -34,7 +34,8 @@ def main() -> None:
     gen_s = time.perf_counter() - start
     size_mb = os.path.getsize(raw) / 2**20
     print(
-      f"generated {args.rows:,} rows ({size_mb:.0f} MiB) in {gen_s:.1f}s: {args.rows / gen_s:,.0f} rows/s"
+      f"generated {args.rows:,} rows ({size_mb:.0f} MiB) in {gen_s:.1f}s: "
+      f"{args.rows / gen_s:,.0f} rows/s"
     )
     rates = []
     for r in range(args.repeats):
@@ -45,7 +46,8 @@ def main() -> None:
       print(f"run {r}: {sec:.2f}s  {rates[-1]:,.0f} rows/s  ({size_mb / sec:.0f} MiB/s)")
     print(f"table sizes: {meta['table_sizes']}")
     print(
-      f"preprocess median: {statistics.median(rates):,.0f} rows/s end to end (count, parse, vocab, ids, write)"
+      f"preprocess median: {statistics.median(rates):,.0f} rows/s end to end "
+      "(count, parse, vocab, ids, write)"
     )
 
 

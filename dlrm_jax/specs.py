@@ -39,4 +39,4 @@ class TableSpec:
 def table_specs(names: list[str], rows: list[int], dim: int) -> tuple[TableSpec, ...]:
   if len(names) != len(rows):
     raise ValueError(f"{len(names)} feature names but {len(rows)} table sizes")
-  return tuple(TableSpec(n, int(r), dim) for n, r in zip(names, rows))
+  return tuple(TableSpec(n, int(r), dim) for n, r in zip(names, rows, strict=True))

@@ -1,4 +1,7 @@
-"""Criteo preprocessing against a slow row-by-row reference: bad rows, CRLF, gzip, sub-sampling, Terabyte days."""
+"""Criteo preprocessing against a slow row-by-row reference.
+
+Bad rows, CRLF, gzip, sub-sampling, Terabyte days.
+"""
 
 from __future__ import annotations
 
@@ -41,8 +44,8 @@ def reference_kind(line: str, labeled: bool = True) -> str | None:
 def reference(
   days: list[list[str]], *, rate=0.0, seed=0, max_ind_range=0, min_frequency=1, halve_lines=True
 ):
-  """days: physical lines per day. Days but the last train (negatives dropped when u_k < rate, u_k the
-  k-th draw of default_rng([seed, day])); the last is halved (by lines or by good rows)."""
+  """days: physical lines per day. Days but the last train (negatives dropped when u_k < rate, u_k
+  the k-th draw of default_rng([seed, day])); the last is halved (by lines or by good rows)."""
   out = {"train": [], "test": [], "validation": []}
   for d, lines in enumerate(days):
     train = d < len(days) - 1
@@ -60,8 +63,8 @@ def reference(
     else:
       cut = math.ceil(len(lines) / 2) if halve_lines else math.ceil(len(good) / 2)
       pos = [k for k, _ in good] if halve_lines else list(range(len(good)))
-      out["test"] += [f for p, (_, f) in zip(pos, good) if p < cut]
-      out["validation"] += [f for p, (_, f) in zip(pos, good) if p >= cut]
+      out["test"] += [f for p, (_, f) in zip(pos, good, strict=True) if p < cut]
+      out["validation"] += [f for p, (_, f) in zip(pos, good, strict=True) if p >= cut]
 
   def raw(field):
     return (

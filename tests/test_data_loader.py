@@ -1,4 +1,7 @@
-"""BatchLoader: determinism, resume, per-process slices, eval coverage with padding, id validation."""
+"""BatchLoader.
+
+Determinism, resume, per-process slices, eval coverage with padding, id validation.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def test_resume_at_step_k_equals_uninterrupted():
     rows_of(b) for b in BatchLoader(indexed_arrays(1000), 64, shuffle=True, seed=0).iterate(23, 17)
   ]
   assert len(full) == 40 and len(resumed) == 17
-  for x, y in zip(full[23:], resumed):
+  for x, y in zip(full[23:], resumed, strict=True):
     np.testing.assert_array_equal(x, y)
 
 

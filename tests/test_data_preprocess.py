@@ -34,7 +34,8 @@ def reference_day_of_rows(n: int, days: int = 7) -> list[int]:
 
 
 def slow_reference(lines: list[str], max_ind_range: int = 0, min_frequency: int = 1) -> dict:
-  """Obviously-correct per-row preprocessing; returns {split: (dense, sparse, label)}, table sizes."""
+  """Obviously-correct per-row preprocessing; returns {split: (dense, sparse, label)}, table
+  sizes."""
   rows = [line.rstrip("\n").split("\t") for line in lines]
   assert all(len(r) == 40 for r in rows)
   day = reference_day_of_rows(len(rows))
@@ -246,6 +247,8 @@ def test_hash_id_table_equals_sorted_lookup(size, spread):
   missing = rng.random(queries.size) < 0.2
   got = vocab.IdTable(values).lookup(queries, missing)
   expected = {int(v): k + 1 for k, v in enumerate(values)}
-  want = np.array([0 if m else expected.get(int(q), 0) for q, m in zip(queries, missing)], np.int32)
+  want = np.array(
+    [0 if m else expected.get(int(q), 0) for q, m in zip(queries, missing, strict=True)], np.int32
+  )
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(vocab.lookup_ids(values, queries, missing), want)

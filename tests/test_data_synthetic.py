@@ -30,7 +30,7 @@ def test_kaggle_layout(generated):
   assert lines[-1] == "" and len(lines) == 20_001
   rows = [line.split("\t") for line in lines[:-1]]
   assert all(len(r) == 40 for r in rows)
-  cols = list(zip(*rows))
+  cols = list(zip(*rows, strict=True))
   assert set(cols[0]) == {"0", "1"}
   for j in range(1, 14):
     present = [v for v in cols[j] if v]
@@ -83,7 +83,8 @@ def test_teacher_calibration(generated):
 def test_best_possible_auc_is_exact(generated):
   path, meta = generated
   teacher = synthetic.make_teacher(0)
-  # Recompute the teacher's probabilities from the first chunk's rng stream, independently of the file.
+  # Recompute the teacher's probabilities from the first chunk's rng stream, independently of the
+  # file.
   rows = synthetic._draw_rows(teacher, np.random.default_rng([0, 2, 0]), 20_000)
   labels = np.array([int(line.split("\t", 1)[0]) for line in open(path)])
   np.testing.assert_array_equal(rows.label, labels)

@@ -1,4 +1,7 @@
-"""End to end: train tiny, then --mode=predict on a raw unlabeled Kaggle-format file -> submission CSV."""
+"""End to end.
+
+Train tiny, then --mode=predict on a raw unlabeled Kaggle-format file -> submission CSV.
+"""
 
 import os
 import subprocess

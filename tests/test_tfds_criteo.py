@@ -1,4 +1,7 @@
-"""The `criteo` TFDS builder on a small generated file: same splits and ids as dlrm_jax's preprocessing."""
+"""The `criteo` TFDS builder on a small generated file.
+
+Same splits and ids as dlrm_jax's preprocessing.
+"""
 
 import numpy as np
 import pytest

@@ -1,1 +1,4 @@
-"""Criteo data: raw-format parsing, preprocessing, the synthetic generator and host batch loading."""
+"""Criteo data.
+
+Raw-format parsing, preprocessing, the synthetic generator and host batch loading.
+"""

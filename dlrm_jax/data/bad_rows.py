@@ -47,14 +47,16 @@ _NOT_HEX = ~_byte_class(b"0123456789abcdefABCDEF")
 
 @dataclasses.dataclass
 class BadRowReport:
-  """Counts of skipped rows by kind and the first file:line (1-based) of each; strict raises instead."""
+  """Counts of skipped rows by kind and the first file:line (1-based) of each; strict raises
+  instead."""
 
   strict: bool = False
   counts: dict[str, int] = dataclasses.field(default_factory=dict)
   first: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def record(self, kind: str, path: str, lines: np.ndarray, sample: bytes) -> None:
-    """lines: 0-based line numbers of `path` with this kind of problem (sorted); sample: the first one's text."""
+    """lines: 0-based line numbers of `path` with this kind of problem (sorted); sample: the first
+    one's text."""
     if lines.size == 0:
       return
     where = f"{path}:{int(lines[0]) + 1}"

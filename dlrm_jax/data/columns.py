@@ -1,4 +1,7 @@
-"""Columnar output: append-only .npy writers, a split's column set, and raw value -> id remapping."""
+"""Columnar output.
+
+Append-only .npy writers, a split's column set, and raw value -> id remapping.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ _HEADER_BYTES = 128  # room for any 2-D shape; a multiple of 64 keeps the data a
 
 
 class NpyAppender:
-  """A .npy file written row block by row block; the row count is filled into its header by close()."""
+  """A .npy file written row block by row block; the row count is filled into its header by
+  close()."""
 
   def __init__(self, path: str, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
     self.path, self.dtype, self.row_shape, self.rows = path, np.dtype(dtype), tuple(row_shape), 0

@@ -1,4 +1,7 @@
-"""Host-side batch loading from preprocessed splits: deterministic, resumable, per-process slices."""
+"""Host-side batch loading from preprocessed splits.
+
+Deterministic, resumable, per-process slices.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def validate_table_sizes(metadata: dict[str, Any], table_sizes: Sequence[int]) -
   names = metadata.get("sparse_names", cf.SPARSE_NAMES)
   bad = [
     f"{names[t]}: data ids need {need} rows, model table has {have}"
-    for t, (need, have) in enumerate(zip(data_sizes, table_sizes))
+    for t, (need, have) in enumerate(zip(data_sizes, table_sizes, strict=True))
     if have < need
   ]
   if bad:
@@ -101,7 +104,8 @@ class BatchLoader:
   (seed, step), so a resumed run sees exactly the batches of an uninterrupted one.
   shuffle=False (evaluation): all rows in file order; the last global batch is
   padded to full size and `mask` is 0 on padding, so every row counts once.
-  Batches: dense f32[b, 13], sparse i32[b, 26], label f32[b], mask f32[b], b = batch_size // process_count.
+  Batches: dense f32[b, 13], sparse i32[b, 26], label f32[b], mask f32[b],
+  b = batch_size // process_count.
   """
 
   def __init__(

@@ -1,4 +1,7 @@
-"""Run an iterator one or more items ahead in a background thread (pyarrow and NumPy release the GIL)."""
+"""Run an iterator one or more items ahead in a background thread.
+
+pyarrow and NumPy release the GIL.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ T = TypeVar("T")
 
 
 def background(items: Iterable[T], depth: int = 1) -> Iterator[T]:
-  """Yield `items` in order while a thread produces up to `depth` items ahead; errors re-raise here."""
+  """Yield `items` in order while a thread produces up to `depth` items ahead; errors re-raise
+  here."""
   q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=max(1, depth))
   stop = threading.Event()
 

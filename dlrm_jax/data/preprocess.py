@@ -1,4 +1,7 @@
-"""Reference-compatible Criteo preprocessing: raw TSV (Kaggle or Terabyte days) -> columnar .npy splits + metadata.json."""
+"""Reference-compatible Criteo preprocessing.
+
+Raw TSV (Kaggle or Terabyte days) -> columnar .npy splits + metadata.json.
+"""
 
 from __future__ import annotations
 
@@ -69,13 +72,15 @@ def check_raw_file(path: str, *, labeled: bool = True) -> None:
   fields = head.count(b"\t") + 1
   if labeled and fields == cf.NUM_FIELDS - 1:
     raise bad_rows.BadRowError(
-      f"{path}: lines have {fields} fields, no label column: this looks like Kaggle's unlabeled test.txt. "
+      f"{path}: lines have {fields} fields, no label column: "
+      f"this looks like Kaggle's unlabeled test.txt. "
       f"Training and evaluation need labelled rows (train.txt); score unlabeled files with "
       f"--mode=predict --predict_file={path}"
     )
   if not labeled and fields == cf.NUM_FIELDS:
     raise bad_rows.BadRowError(
-      f"{path}: lines have {fields} fields, i.e. a label column; --predict_file expects unlabeled rows "
+      f"{path}: lines have {fields} fields, i.e. a label column; "
+      f"--predict_file expects unlabeled rows "
       f"(Kaggle's test.txt, {cf.NUM_FIELDS - 1} fields). Evaluate labelled data with --mode=eval"
     )
 
@@ -157,8 +162,9 @@ def stream(
   progress_total: int | None = None,
   desc: str = "parse",
 ) -> dict[str, int]:
-  """Parse every row once into its segment's writer: final dense/label, raw (hashed) values as sparse,
-  missing bits; training rows are sub-sampled and counted into `counters`. Returns line/row counts."""
+  """Parse every row once into its segment's writer: final dense/label, raw (hashed) values as
+  sparse, missing bits; training rows are sub-sampled and counted into `counters`. Returns line/row
+  counts."""
   sub = _Subsampler(sub_sample_rate, sub_sample_seed)
   stats = {"lines": 0, "rows": 0, "dropped_negatives": 0}
   with tqdm(
@@ -223,7 +229,7 @@ def build_tables(vocabs: list[np.ndarray]) -> list[vocab_lib.IdTable]:
 
 def save_vocab(out_dir: str, vocabs: list[np.ndarray]) -> None:
   tmp = os.path.join(out_dir, VOCAB_FILE + _PARTIAL + ".npz")
-  np.savez(tmp, **{name: v for name, v in zip(cf.SPARSE_NAMES, vocabs)})
+  np.savez(tmp, **{name: v for name, v in zip(cf.SPARSE_NAMES, vocabs, strict=True)})
   os.replace(tmp, os.path.join(out_dir, VOCAB_FILE))
 
 
@@ -408,8 +414,9 @@ def _preprocess_kaggle(
 
 
 def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19):
-  """A raw unlabeled Criteo file (Kaggle test.txt: 39 fields) encoded with `processed_dir`'s training
-  vocabulary and options, exactly as preprocessing encodes rows -> loader.SplitArrays (label all 0).
+  """A raw unlabeled Criteo file (Kaggle test.txt: 39 fields) encoded with `processed_dir`'s
+  training vocabulary and options, exactly as preprocessing encodes rows -> loader.SplitArrays
+  (label all 0).
 
   Every line must be good (each line is one Id of a submission), so a bad row raises
   BadRowError with its file:line.

@@ -1,4 +1,7 @@
-"""The reference's Kaggle day split: consecutive equal "days", the last one halved into test and validation."""
+"""The reference's Kaggle day split.
+
+Consecutive equal "days", the last one halved into test and validation.
+"""
 
 from __future__ import annotations
 

@@ -89,7 +89,8 @@ DENSE_MISSING: tuple[float, ...] = (
   0.76,
   0.2,
 )
-# Pairs of sparse features whose teacher vectors interact (dot products), as DLRM's interaction layer can model.
+# Pairs of sparse features whose teacher vectors interact (dot products), as DLRM's interaction
+# layer can model.
 # All between features of at most ~10k ids, whose vectors 1-3M rows can pin down.
 PAIRS: tuple[tuple[int, int], ...] = (
   (0, 1),
@@ -290,7 +291,8 @@ def _rows_table(rows: _Rows, dictionaries: list[pa.Array]) -> pa.Table:
 def generate_criteo_tsv(
   path: str, num_rows: int, seed: int = 0, num_days: int = cf.KAGGLE_NUM_DAYS
 ) -> dict[str, Any]:
-  """Write `num_rows` Kaggle-layout rows to `path`; return (and save as <path>.teacher.json) the metadata.
+  """Write `num_rows` Kaggle-layout rows to `path`; return (and save as <path>.teacher.json) the
+  metadata.
 
   metadata["best_possible_auc"][split] is the exact AUC of the teacher's
   probabilities against the sampled labels on the rows the Kaggle day split
@@ -348,7 +350,8 @@ def generate_criteo_tsv(
 
 
 def prepare_synthetic(data_dir: str, num_rows: int, seed: int, *, progress: bool = True) -> str:
-  """Generate (once) data_dir/synthetic_<rows>_<seed>/train.txt, preprocess it (once); return the processed dir."""
+  """Generate (once) data_dir/synthetic_<rows>_<seed>/train.txt, preprocess it (once); return the
+  processed dir."""
   root = os.path.join(data_dir, f"synthetic_{num_rows}_{seed}")
   raw = os.path.join(root, "train.txt")
   os.makedirs(root, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Criteo Terabyte: one raw file per day, each parsed once into a resumable cache, then assembled into splits.
+"""Criteo Terabyte: one raw file per day, each parsed once into a resumable cache, then assembled
+into splits.
 
 out_dir/days/day_DD/ holds the day's dense, raw (hashed, % max_ind_range) values,
 missing bits, labels, its training-value counts (counts.npz) and day.json,
@@ -70,7 +71,7 @@ def _process_day(
   writer.commit(keep_missing=True)
   if counters:
     arrays = {}
-    for name, counter in zip(cf.SPARSE_NAMES, counters):
+    for name, counter in zip(cf.SPARSE_NAMES, counters, strict=True):
       arrays[f"{name}_values"], arrays[f"{name}_counts"] = counter.result()
     tmp = os.path.join(path, COUNTS_FILE + pp._PARTIAL + ".npz")
     np.savez(tmp, **arrays)
@@ -132,7 +133,7 @@ def preprocess_days(
   counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)]
   for d in range(n_days - 1):
     with np.load(os.path.join(day_dir(out_dir, d), COUNTS_FILE)) as z:
-      for name, counter in zip(cf.SPARSE_NAMES, counters):
+      for name, counter in zip(cf.SPARSE_NAMES, counters, strict=True):
         counter.add_counted(z[f"{name}_values"], z[f"{name}_counts"])
   counted = [c.result() for c in counters]
   vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"]) for v, c in counted]

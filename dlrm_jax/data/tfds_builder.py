@@ -1,4 +1,5 @@
-"""TensorFlow Datasets builder `criteo` (configs kaggle, terabyte) over dlrm_jax's own preprocessing.
+"""TensorFlow Datasets builder `criteo` (configs kaggle, terabyte) over dlrm_jax's own
+preprocessing.
 
     import dlrm_jax.data.tfds_builder  # registers "criteo"
     builder = tfds.builder("criteo/kaggle", data_dir=...)
@@ -49,7 +50,8 @@ def _raw_file(manual_dir: str, name: str) -> str:
 
 
 class Criteo(tfds.core.GeneratorBasedBuilder):
-  """Criteo Display Advertising (Kaggle) and 1TB Click Logs (Terabyte), preprocessed like the DLRM reference."""
+  """Criteo Display Advertising (Kaggle) and 1TB Click Logs (Terabyte), preprocessed like the DLRM
+  reference."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Reference DLRM preprocessing (dlrm_jax format 2)."}
@@ -67,9 +69,9 @@ class Criteo(tfds.core.GeneratorBasedBuilder):
     ),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    "Download the data yourself (see dlrm-jax's data/README.md: Criteo AI Lab's dataset pages; licence "
-    "CC BY-NC-SA) and place Kaggle's train.txt, or Terabyte's day_0 ... day_23 (.gz allowed), in the manual "
-    "directory (default ~/tensorflow_datasets/downloads/manual/)."
+    "Download the data yourself (see dlrm-jax's data/README.md: Criteo AI Lab's dataset pages; "
+    "licence CC BY-NC-SA) and place Kaggle's train.txt, or Terabyte's day_0 ... day_23 "
+    "(.gz allowed), in the manual directory (default ~/tensorflow_datasets/downloads/manual/)."
   )
 
   def _info(self) -> tfds.core.DatasetInfo:

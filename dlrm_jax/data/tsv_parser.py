@@ -1,4 +1,7 @@
-"""Vectorised parsing of raw Criteo TSV bytes into NumPy columns (pyarrow.csv, no per-line Python)."""
+"""Vectorised parsing of raw Criteo TSV bytes into NumPy columns.
+
+pyarrow.csv, no per-line Python.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +52,8 @@ def _read_options(
   names = list(cf.COLUMN_NAMES if labeled else cf.COLUMN_NAMES[1:])
   read = pacsv.ReadOptions(column_names=names, block_size=block_size, use_threads=False)
   # Criteo never quotes or escapes; turning both off keeps the tokenizer on its fast path.
-  # Empty lines are rows (of one field), so rows and lines stay in step and a blank line is an error.
+  # Empty lines are rows (of one field), so rows and lines stay in step and a blank line is an
+  # error.
   parse = pacsv.ParseOptions(
     delimiter="\t",
     quote_char=False,
@@ -71,7 +75,8 @@ def _read_options(
 
 
 def _hex8_words(words: np.ndarray) -> np.ndarray | None:
-  """uint64[m] little-endian words of 8 ASCII hex digits -> uint32[m] values, or None if a byte is not 0-9a-f.
+  """uint64[m] little-endian words of 8 ASCII hex digits -> uint32[m] values, or None if a byte is
+  not 0-9a-f.
 
   SWAR: all 8 digits of a word are decoded at once. Validation re-encodes the
   nibbles and compares: only '0'-'9' and 'a'-'f' survive the round trip with
@@ -176,7 +181,8 @@ def table_to_chunk(table: pa.Table, labeled: bool = True) -> RawChunk:
 def parse_bytes(
   buf: bytes | bytearray | memoryview, block_size: int = 1 << 22, labeled: bool = True
 ) -> RawChunk:
-  """Parse a whole-line byte range of a raw Criteo TSV file (zero-copy into pyarrow); raises on any bad row."""
+  """Parse a whole-line byte range of a raw Criteo TSV file (zero-copy into pyarrow); raises on any
+  bad row."""
   read, parse, convert = _read_options(block_size, labeled)
   source = pa.BufferReader(pa.py_buffer(buf))
   table = pacsv.read_csv(source, read_options=read, parse_options=parse, convert_options=convert)
@@ -184,7 +190,8 @@ def parse_bytes(
 
 
 def open_raw(path: str) -> io.RawIOBase | gzip.GzipFile:
-  """Binary reader of a raw file; gzip (by its magic bytes, whatever the name) is decompressed on the fly."""
+  """Binary reader of a raw file; gzip (by its magic bytes, whatever the name) is decompressed on
+  the fly."""
   f = open(path, "rb", buffering=0)
   if f.read(2) == b"\x1f\x8b":
     f.close()
@@ -252,7 +259,8 @@ class ParsedChunk:
 def iter_parsed(
   path: str, report: bad_rows.BadRowReport, *, labeled: bool = True, chunk_bytes: int = 64 << 20
 ) -> Iterator[ParsedChunk]:
-  """Parse a raw Criteo file chunk by chunk, in file order; bad rows go to `report` (skipped or raised).
+  """Parse a raw Criteo file chunk by chunk, in file order; bad rows go to `report` (skipped or
+  raised).
 
   Clean chunks take pyarrow's fast path only; a chunk that fails it is scanned
   line by line (vectorised), its bad lines reported, and the rest re-parsed.

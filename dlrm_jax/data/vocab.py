@@ -1,4 +1,7 @@
-"""Per-feature categorical vocabularies: streaming value counts and value -> contiguous id lookup."""
+"""Per-feature categorical vocabularies.
+
+Streaming value counts and value -> contiguous id lookup.
+"""
 
 from __future__ import annotations
 
