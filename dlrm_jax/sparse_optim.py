@@ -3,7 +3,10 @@
 Duplicate ids are summed first (sort + segment sum), so each touched row is
 updated once with its total gradient; this equals the dense-gradient update
 (tests/test_sparse_optim.py) and avoids XLA scatter-add with many repeated
-indices, which is serial on CPU and very slow on some GPU jaxlib releases.
+indices, which is very slow on GPU in jaxlib 0.10.2-0.11.0 (openxla/xla#46225).
+Adagrad needs the summed gradient anyway (it squares it). Plain SGD on CPU
+skips the sort: XLA:CPU's scatter-add is a serial loop for which duplicates
+cost nothing, while its sort of a batch's ids costs ~10x the scatter.
 
 Formulas match optax so the dense equivalents are an independent check:
   sgd:              w -= lr * g
@@ -28,6 +31,8 @@ class SparseOptimizer:
   learning_rate: float
   eps: float = 1e-7
   initial_accumulator: float = 0.0
+  # None: dedupe unless this is SGD on CPU (see the module docstring).
+  dedupe: bool | None = None
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
@@ -71,10 +76,17 @@ class SparseOptimizer:
     n = rows.shape[0]
     sentinel = table.shape[0]  # out of range: dropped by the scatters below
     rows = jnp.where(valid, rows, sentinel)
+    lr = self.learning_rate
+    dedupe = self.dedupe
+    if dedupe is None:
+      dedupe = self.name != "sgd" or jax.default_backend() != "cpu"
+    if not dedupe:
+      if self.name != "sgd":
+        raise ValueError(f"{self.name} needs deduplicated gradients (dedupe=True)")
+      return table.at[rows].add(-lr * grads, mode="drop"), slots
     unique, inverse = jnp.unique(rows, size=n, fill_value=sentinel, return_inverse=True)
     inverse = inverse.reshape(-1)
     summed = jax.ops.segment_sum(grads, inverse, num_segments=n)
-    lr = self.learning_rate
     if self.name == "sgd":
       return table.at[unique].add(-lr * summed, mode="drop", indices_are_sorted=True), slots
     acc = slots["accumulator"]

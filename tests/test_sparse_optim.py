@@ -34,20 +34,21 @@ def _run_sparse(opt, table, steps, valid=None):
 
 
 @pytest.mark.parametrize(
-  "name,tx",
+  "name,tx,dedupe",
   [
-    ("sgd", optax.sgd(LR)),
-    ("adagrad", optax.adagrad(LR, initial_accumulator_value=0.0, eps=1e-7)),
+    ("sgd", optax.sgd(LR), True),
+    ("sgd", optax.sgd(LR), False),  # the CPU path: scatter-add of duplicates
+    ("adagrad", optax.adagrad(LR, initial_accumulator_value=0.0, eps=1e-7), True),
   ],
 )
-def test_sparse_equals_optax_on_dense_gradient(name, tx):
+def test_sparse_equals_optax_on_dense_gradient(name, tx, dedupe):
   table = jax.random.normal(jax.random.key(0), (ROWS, DIM))
   steps = _steps(1)
   dense, state = table, tx.init(table)
   for ids, grads in steps:
     updates, state = tx.update(_dense_grad(ids, grads), state, dense)
     dense = optax.apply_updates(dense, updates)
-  got = _run_sparse(SparseOptimizer(name, LR, eps=1e-7), table, steps)
+  got = _run_sparse(SparseOptimizer(name, LR, eps=1e-7, dedupe=dedupe), table, steps)
   np.testing.assert_allclose(got, np.asarray(dense), rtol=1e-5, atol=1e-6)
   # Rows never touched are bit-identical.
   np.testing.assert_array_equal(got[ROWS // 2 :], np.asarray(table)[ROWS // 2 :])
@@ -67,13 +68,19 @@ def test_rowwise_adagrad_equals_dense_numpy():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_invalid_entries_are_ignored():
+@pytest.mark.parametrize("dedupe", [True, False])
+def test_invalid_entries_are_ignored(dedupe):
   table = jnp.zeros((ROWS, DIM))
   ids, grads = _steps(3, num_steps=1)[0]
   valid = np.arange(len(ids)) % 2 == 0
-  got = _run_sparse(SparseOptimizer("sgd", LR), table, [(ids, grads)], valid)
+  got = _run_sparse(SparseOptimizer("sgd", LR, dedupe=dedupe), table, [(ids, grads)], valid)
   want = -LR * np.asarray(_dense_grad(ids[valid], grads[valid]))
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_adagrad_refuses_duplicate_gradients():
+  with pytest.raises(ValueError, match="dedupe"):
+    _run_sparse(SparseOptimizer("adagrad", LR, dedupe=False), jnp.zeros((ROWS, DIM)), _steps(4))
 
 
 def test_unknown_optimizer_names_the_flag():
