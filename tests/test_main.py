@@ -1,30 +1,13 @@
 """End to end: main.py with experiments/tiny.flags, and its refusals of bad input."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
+import main_runner
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def run_main(tmp_path, *args, devices=1, timeout=240):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["JAX_PLATFORMS"] = "cpu"
-  cmd = [
-    sys.executable,
-    str(REPO / "main.py"),
-    f"--flagfile={REPO}/experiments/tiny.flags",
-    f"--workdir={tmp_path}/work",
-    f"--data_dir={tmp_path}/data",
-    "--noprogress",
-    *args,
-  ]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+def run_main(tmp_path, *args, timeout=240):
+  return main_runner.run_main(tmp_path / "work", tmp_path / "data", *args, timeout=timeout)
 
 
 def test_tiny_run_leaves_config_and_metrics(tmp_path):

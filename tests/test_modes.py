@@ -8,22 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from main_runner import run_main
 
 
 def run(work, data, *args, timeout=240):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  cmd = [
-    sys.executable,
-    str(REPO / "main.py"),
-    f"--flagfile={REPO}/experiments/tiny.flags",
-    f"--workdir={work}",
-    f"--data_dir={data}",
-    "--noprogress",
-    *args,
-  ]
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  proc = run_main(work, data, *args, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 

@@ -3,30 +3,12 @@
 Train tiny, then --mode=predict on a raw unlabeled Kaggle-format file -> submission CSV.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+from main_runner import run_main
 
 
 def run(work, data, *args, timeout=240):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  cmd = [
-    sys.executable,
-    str(REPO / "main.py"),
-    f"--flagfile={REPO}/experiments/tiny.flags",
-    f"--workdir={work}",
-    f"--data_dir={data}",
-    "--noprogress",
-    "--max_steps=10",
-    "--eval_every_steps=0",
-    *args,
-  ]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  return run_main(work, data, "--max_steps=10", "--eval_every_steps=0", *args, timeout=timeout)
 
 
 def test_train_tiny_then_predict_unlabeled_raw_file(tmp_path):

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,36 +12,22 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from main_runner import REPO, main_command, main_env, run_main
 
-REPO = Path(__file__).resolve().parents[1]
 # Checkpoint every 10 steps, validate at 20 and 40 (tiny.flags), one device.
 ARGS = ("--checkpoint_every_steps=10", "--keep_checkpoints=2")
 
 
 def command(work, data, *args):
-  return [
-    sys.executable,
-    str(REPO / "main.py"),
-    f"--flagfile={REPO}/experiments/tiny.flags",
-    f"--workdir={work}",
-    f"--data_dir={data}",
-    "--noprogress",
-    *ARGS,
-    *args,
-  ]
+  return main_command(work, data, *ARGS, *args)
 
 
 def env(devices=1):
-  e = dict(os.environ)
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  e["JAX_PLATFORMS"] = "cpu"
-  return e
+  return main_env(devices)
 
 
 def run(work, data, *args, timeout=240):
-  return subprocess.run(
-    command(work, data, *args), cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout
-  )
+  return run_main(work, data, *ARGS, *args, timeout=timeout)
 
 
 def read_state(step_dir) -> dict[str, np.ndarray]:
