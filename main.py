@@ -29,15 +29,12 @@ def main(argv):
       return run_mode(config)
     results = train_and_evaluate(config)
   except (ConfigError, FileNotFoundError) as e:
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     return 2
   except (CheckpointError, TrainingDiverged) as e:
-    logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     return 3
   except Preempted as e:
-    logging.warning("%s", e)
     print(
       f"{e}\n  {' '.join(shlex.quote(a) for a in [sys.executable] + sys.argv)}", file=sys.stderr
     )
