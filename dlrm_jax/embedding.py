@@ -191,8 +191,13 @@ def route_gradients(
   if table_wise:
     with jax.named_scope("table_wise_backward"):
       s = max(layout.table_slots, 1)
-      send = jnp.zeros((b, m * s, dim), grads.dtype)
-      send = send.at[:, _table_wise_columns(layout, table_wise)].set(grads[:, list(table_wise)])
+      # Slot j*S+s holds the gradient of owner j's s-th table, or zeros for an
+      # empty slot: a gather from [grads, 0] (a scatter into zeros is a serial
+      # loop plus a broadcast on XLA:CPU).
+      source = np.full(m * s, grads.shape[1], np.int32)
+      source[_table_wise_columns(layout, table_wise)] = table_wise
+      padded = jnp.concatenate([grads, jnp.zeros_like(grads[:, :1])], axis=1)
+      send = padded[:, source]
       mine = lax.all_to_all(send, MODEL_AXIS, 1, 0, tiled=True)  # [b*M, S, D]
       rows, valid = _owned_table_wise(layout, ids_m)
       routed.setdefault("sharded", []).append(_flatten(*_gather_over_data(rows, mine, valid)))
