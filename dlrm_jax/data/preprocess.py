@@ -233,18 +233,29 @@ def save_vocab(out_dir: str, vocabs: list[np.ndarray]) -> None:
   os.replace(tmp, os.path.join(out_dir, VOCAB_FILE))
 
 
-def common_metadata(
+def finish_outputs(
+  out_dir: str,
+  options: dict[str, Any],
   vocabs: list[np.ndarray],
-  distinct: list[int],
-  rows: dict[str, int],
-  positives: dict[str, float],
+  counted: list[tuple[np.ndarray, np.ndarray]],
+  writers: dict[str, Any],
   report: bad_rows.BadRowReport,
+  extra: dict[str, Any],
 ) -> dict[str, Any]:
+  """Saves the vocabularies; returns the metadata shared by Kaggle and Terabyte, plus ``extra``.
+
+  ``counted``: per feature (distinct training values, counts); ``writers``: split -> its
+  committed writer (``rows``, ``positives``).
+  """
+  save_vocab(out_dir, vocabs)
+  rows = {s: w.rows for s, w in writers.items()}
+  positives = {s: w.positives for s, w in writers.items()}
   return {
+    **options,
     "table_sizes": [int(v.size) + 1 for v in vocabs],
     "num_rows": rows,
     "positive_rate": {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in rows},
-    "distinct_train_values": distinct,
+    "distinct_train_values": [int(v.size) for v, _ in counted],
     "num_dense": cf.NUM_DENSE,
     "num_sparse": cf.NUM_SPARSE,
     "dense_names": list(cf.DENSE_NAMES),
@@ -257,6 +268,7 @@ def common_metadata(
     "sub_sample_rule": SUB_SAMPLE_RULE,
     "bad_rows": report.to_json(),
     "bad_rows_summary": report.summary(),
+    **extra,
   }
 
 
@@ -391,26 +403,20 @@ def _preprocess_kaggle(
   remap_in_place(list(writers.values()), build_tables(vocabs), progress)
   for w in writers.values():
     w.commit(keep_missing=False)
-  save_vocab(out_dir, vocabs)
-  meta = dict(options)
-  meta.update(
-    common_metadata(
-      vocabs,
-      [int(v.size) for v, _ in counted],
-      {s: w.rows for s, w in writers.items()},
-      {s: w.positives for s, w in writers.items()},
-      report,
-    )
-  )
-  meta.update(
+  return finish_outputs(
+    out_dir,
+    options,
+    vocabs,
+    counted,
+    writers,
+    report,
     {
       "num_lines": num_lines,
       "line_ranges": {s: list(r) for s, r in ranges.items()},
       "day_line_counts": days,
       "dropped_negatives": stats["dropped_negatives"],
-    }
+    },
   )
-  return meta
 
 
 def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19):

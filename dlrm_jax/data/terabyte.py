@@ -164,23 +164,17 @@ def preprocess_days(
       del day
   for w in writers.values():
     w.commit()
-  pp.save_vocab(out_dir, vocabs)
-  meta = dict(options)
-  meta.update(
-    pp.common_metadata(
-      vocabs,
-      [int(v.size) for v, _ in counted],
-      {s: w.rows for s, w in writers.items()},
-      {s: w.positives for s, w in writers.items()},
-      report,
-    )
-  )
-  meta.update(
+  return pp.finish_outputs(
+    out_dir,
+    options,
+    vocabs,
+    counted,
+    writers,
+    report,
     {
       "num_lines": sum(i["lines"] for i in infos),
       "day_line_counts": [i["lines"] for i in infos],
       "day_row_counts": [i["rows"] for i in infos],
       "dropped_negatives": sum(i["dropped_negatives"] for i in infos),
-    }
+    },
   )
-  return meta
