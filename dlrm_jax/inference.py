@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 from dlrm_jax import checkpointing
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data.loader import BatchLoader, SplitArrays, check_batch_ids, open_split
+from dlrm_jax.data.preprocess import encode_unlabeled
 from dlrm_jax.train import (
   Components,
   abstract_train_state,
@@ -66,25 +67,9 @@ def run_eval(config: Config) -> dict[str, Any]:
 
 
 def encode_unlabeled_raw(path: str, processed_dir: str) -> SplitArrays:
-  """HOOK: a raw unlabeled Criteo file encoded with the training vocabulary.
-
-  The data package is gaining this (ids exactly as preprocessing assigns them);
-  until it exists, predict scores preprocessed splits only.
-  """
+  """A raw unlabeled Criteo file encoded with the training vocabulary (labels 0)."""
   try:
-    from dlrm_jax.data import preprocess
-
-    encode = getattr(preprocess, "encode_unlabeled", None)
-  except ImportError:
-    encode = None
-  if encode is None:
-    raise ConfigError(
-      f"--predict_file={path}: encoding raw unlabeled files is not available in "
-      f"this version of dlrm_jax.data yet; score a preprocessed split with "
-      f"--split instead"
-    )
-  try:
-    return encode(path, processed_dir)
+    return encode_unlabeled(path, processed_dir)
   except ValueError as e:  # bad rows, an empty or a labelled file: a message, not a traceback
     raise ConfigError(f"--predict_file: {e}") from None
 
