@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dlrm_jax.data import bad_rows, columns
+from dlrm_jax.data import bad_rows, columns, streaming
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import preprocess as pp
 from dlrm_jax.data import vocab as vocab_lib
@@ -53,15 +53,15 @@ def _process_day(
   report = bad_rows.BadRowReport(strict=strict)
   writer = columns.ColumnsWriter(path, "day", with_missing=True)
   counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)] if key["train"] else []
-  segment = pp.Segment(0, 1 << 62, writer, key["day"], key["train"])
-  stats = pp.stream(
+  segment = streaming.Segment(0, 1 << 62, writer, key["day"], key["train"])
+  stats = streaming.stream(
     [raw],
     [segment],
     report,
     max_ind_range=key["max_ind_range"],
     sub_sample_rate=key["sub_sample_rate"],
     sub_sample_seed=key["sub_sample_seed"],
-    chunk_bytes=pp.chunk_bytes_for([raw], chunk_rows),
+    chunk_bytes=streaming.chunk_bytes_for([raw], chunk_rows),
     counters=counters,
     progress=progress,
     desc=f"day {key['day']}",
@@ -154,8 +154,8 @@ def preprocess_days(
   ):
     for split, d, lo, hi in pieces:
       day = _open_day(day_dir(out_dir, d))
-      for a in range(lo, hi, pp._REMAP_BLOCK_ROWS):
-        b = min(a + pp._REMAP_BLOCK_ROWS, hi)
+      for a in range(lo, hi, pp.REMAP_BLOCK_ROWS):
+        b = min(a + pp.REMAP_BLOCK_ROWS, hi)
         ids = columns.remap_block(day["sparse"][a:b], day["missing"][a:b], tables, pool)
         writers[split].append(
           np.asarray(day["dense"][a:b]), np.asarray(day["label"][a:b]), ids, None
