@@ -310,32 +310,6 @@ def init_buffers(layout: EmbeddingLayout, key: jax.Array) -> dict[str, jax.Array
   return out
 
 
-def logical_table(
-  layout: EmbeddingLayout, buffers: dict[str, jax.Array | np.ndarray], index: int
-) -> np.ndarray:
-  """Host-side copy of table ``index`` as f32[rows, dim] (or its row-shaped slot).
-
-  ``buffers`` are the global fused arrays (``state.tables`` or one slot of
-  ``state.slots``, e.g. ``{n: s["accumulator"] for n, s in state.slots.items()}``);
-  they must be fully addressable (one process, or gathered first). For tests,
-  checkpoint export and notebooks, never the training path.
-  """
-  p = layout.placements[index]
-  full = np.asarray(jax.device_get(buffers[p.buffer]))
-  r = layout.rows_per_shard
-  if p.plan == "table":
-    start = p.owner * r + p.offset
-    return full[start : start + p.spec.rows]
-  if p.plan == "row":
-    parts = [
-      full[k * r + p.offset : k * r + p.offset + min(p.chunk, p.spec.rows - k * p.chunk)]
-      for k in range(layout.model_size)
-      if k * p.chunk < p.spec.rows
-    ]
-    return np.concatenate(parts, axis=0)
-  return full[p.offset : p.offset + p.spec.rows]
-
-
 def exchange_bytes(
   layout: EmbeddingLayout, data_size: int, batch_size: int, id_bytes: int = 4, value_bytes: int = 4
 ) -> dict[str, int]:

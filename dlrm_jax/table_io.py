@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -68,6 +69,18 @@ def _extract(layout: EmbeddingLayout, p: TablePlacement, buf: jax.Array) -> jax.
     blocks = buf.reshape((m, r) + tail)[:, p.offset : p.offset + p.chunk]
     return blocks.reshape((m * p.chunk,) + tail)[:rows]
   return lax.slice_in_dim(buf, p.offset, p.offset + rows)
+
+
+def logical_table(layout: EmbeddingLayout, buffers: dict[str, jax.Array], index: int) -> np.ndarray:
+  """Host-side copy of table ``index`` as f32[rows, dim] (or its row-shaped slot).
+
+  ``buffers`` are the global fused arrays (``state.tables``, or one slot of
+  ``state.slots``, e.g. ``{n: s["accumulator"] for n, s in state.slots.items()}``);
+  they must be fully addressable (one process). For tests and notebooks; the
+  training path and checkpoints never copy a table to the host.
+  """
+  p = layout.placements[index]
+  return np.asarray(jax.device_get(_extract(layout, p, buffers[p.buffer])))
 
 
 def _insert(
