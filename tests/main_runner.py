@@ -40,3 +40,15 @@ def run_main(work, data, *args, devices: int = 1, timeout: float = 240):
     text=True,
     timeout=timeout,
   )
+
+
+def start_main(work, data, *args, devices: int = 1) -> subprocess.Popen:
+  """Starts a tiny main.py in the background (stdout and stderr piped, as text)."""
+  return subprocess.Popen(
+    main_command(work, data, *args),
+    cwd=REPO,
+    env=main_env(devices),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )

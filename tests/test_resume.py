@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,18 +11,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from main_runner import REPO, main_command, main_env, run_main
+from main_runner import run_main, start_main
 
 # Checkpoint every 10 steps, validate at 20 and 40 (tiny.flags), one device.
 ARGS = ("--checkpoint_every_steps=10", "--keep_checkpoints=2")
 
 
-def command(work, data, *args):
-  return main_command(work, data, *ARGS, *args)
-
-
-def env(devices=1):
-  return main_env(devices)
+def start(work, data, *args):
+  return start_main(work, data, *ARGS, *args)
 
 
 def run(work, data, *args, timeout=240):
@@ -73,14 +68,7 @@ def wait_for(path: Path, proc, timeout=180):
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data, reference):
   work = tmp_path / "work"
-  proc = subprocess.Popen(
-    command(work, data),
-    cwd=REPO,
-    env=env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  proc = start(work, data)
   wait_for(work / "checkpoints" / "10", proc)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
@@ -99,14 +87,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data, reference):
 
 def test_sigterm_saves_at_step_boundary_and_says_how_to_resume(tmp_path, data):
   work = tmp_path / "work"
-  proc = subprocess.Popen(
-    command(work, data, "--max_steps=400"),
-    cwd=REPO,
-    env=env(),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
+  proc = start(work, data, "--max_steps=400")
   wait_for(work / "checkpoints" / "10", proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
