@@ -32,37 +32,24 @@ def train_rows_per_second(processed: str, batch: int, steps: int = 30, windows: 
   """Samples/s of the reference Kaggle architecture's jitted train step (dim 16, SGD) on this data's
   tables."""
   import jax
-  import numpy as np
+  from train_throughput import reference_step, timed_window
 
   from dlrm_jax.data.loader import read_metadata
-  from dlrm_jax.mesh import make_mesh, model_size
-  from dlrm_jax.model import DenseModel
-  from dlrm_jax.planner import build_layout, choose_plans
-  from dlrm_jax.sparse_optim import SparseOptimizer
+  from dlrm_jax.mesh import make_mesh
   from dlrm_jax.specs import table_specs
-  from dlrm_jax.train_state import create_train_state, dense_optimizer
-  from dlrm_jax.train_step import batch_shardings, make_train_step
+  from dlrm_jax.train_step import batch_shardings
 
   meta = read_metadata(processed)
   mesh = make_mesh()
-  specs = table_specs(meta["sparse_names"], meta["table_sizes"], 16)
-  layout = build_layout(specs, choose_plans(specs, model_size(mesh)), model_size(mesh))
-  model = DenseModel((512, 256, 64, 16), (512, 256, 1), "dot")
-  sparse_opt, tx = SparseOptimizer("sgd", 0.1), dense_optimizer("sgd", 0.1)
-  state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))
-  step = make_train_step(model, layout, sparse_opt, tx, mesh, jax.eval_shape(lambda s: s, state))
+  step, state = reference_step(table_specs(meta["sparse_names"], meta["table_sizes"], 16), mesh)
   loader = BatchLoader(open_split(processed, "train"), batch, shuffle=True, seed=0)
   batches = [jax.device_put(loader.get_batch(i), batch_shardings(mesh)) for i in range(8)]
-  state, out = step(state, batches[0])
-  out["loss"].block_until_ready()
+  _, state = timed_window(step, state, batches, 1)  # compile
   rates = []
   for _ in range(windows):
-    start = time.perf_counter()
-    for i in range(steps):
-      state, out = step(state, batches[i % len(batches)])
-    out["loss"].block_until_ready()
-    rates.append(steps * batch / (time.perf_counter() - start))
-  return float(np.median(rates))
+    seconds, state = timed_window(step, state, batches, steps)
+    rates.append(steps * batch / seconds)
+  return statistics.median(rates)
 
 
 def main() -> None:

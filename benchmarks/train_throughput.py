@@ -90,23 +90,38 @@ def random_batch(rng: np.random.Generator, specs, batch_size: int, mesh) -> dict
   return jax.device_put(batch, batch_shardings(mesh))
 
 
+def reference_step(specs, mesh, optimizer: str = "sgd"):
+  """The reference Kaggle architecture over ``specs``: (jitted train step, initial state)."""
+  dim = specs[0].dim
+  sparse_opt = SparseOptimizer(optimizer, 0.1)
+  slot_floats = sparse_opt.slot_floats_per_row(dim)
+  layout = plan_layout(specs, model_size(mesh), slot_floats_per_row=slot_floats)
+  model = DenseModel(BOTTOM, TOP, "dot")
+  tx = dense_optimizer(optimizer, 0.1)
+  state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))
+  jax.block_until_ready(state)
+  step = make_train_step(model, layout, sparse_opt, tx, mesh, jax.eval_shape(lambda s: s, state))
+  return step, state
+
+
+def timed_window(step, state, batches, steps: int):
+  """Runs ``steps`` steps cycling through ``batches``: (seconds, state)."""
+  t = time.perf_counter()
+  for i in range(steps):
+    state, out = step(state, batches[i % len(batches)])
+  out["loss"].block_until_ready()
+  return time.perf_counter() - t, state
+
+
 def main(argv):
   del argv
   dim = FLAGS.embedding_dim
   mesh = make_mesh()
   specs = table_specs(list(SPARSE_NAMES), list(KAGGLE_TABLE_SIZES), dim)
-  m = model_size(mesh)
-  sparse_opt = SparseOptimizer(FLAGS.optimizer, 0.1)
-  layout = plan_layout(specs, m, slot_floats_per_row=sparse_opt.slot_floats_per_row(dim))
-  model = DenseModel(BOTTOM, TOP, "dot")
-  tx = dense_optimizer(FLAGS.optimizer, 0.1)
   t0 = time.perf_counter()
-  state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))
-  jax.block_until_ready(state)
+  step, state = reference_step(specs, mesh, FLAGS.optimizer)
   init_s = time.perf_counter() - t0
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-  abstract = jax.eval_shape(lambda s: s, state)
-  step = make_train_step(model, layout, sparse_opt, tx, mesh, abstract)
   flops = model_flops_per_sample(dim, len(specs))
   print(
     f"devices: {jax.device_count()} x {jax.devices()[0].platform}; tables: {len(specs)} "
@@ -120,17 +135,13 @@ def main(argv):
   rows = []
   for batch_size in map(int, FLAGS.batch_sizes):
     batches = [random_batch(rng, specs, batch_size, mesh) for _ in range(8)]
-    state, out = step(state, batches[0])  # compile
-    out["loss"].block_until_ready()
+    _, state = timed_window(step, state, batches, 1)  # compile
     # Step windows alternate with matmul windows so both see the same machine
     # load; the ratio is the median of per-window ratios.
     rates, matmuls = [], []
     for _ in range(FLAGS.windows):
-      t = time.perf_counter()
-      for i in range(FLAGS.steps):
-        state, out = step(state, batches[i % len(batches)])
-      out["loss"].block_until_ready()
-      rates.append(FLAGS.steps * batch_size / (time.perf_counter() - t))
+      seconds, state = timed_window(step, state, batches, FLAGS.steps)
+      rates.append(FLAGS.steps * batch_size / seconds)
       matmuls.append(matmul_gflops(reps=10))
     ratios = [r * flops / 1e9 / mm for r, mm in zip(rates, matmuls, strict=True)]
     rows.append(
