@@ -9,11 +9,10 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from dlrm_jax import checkpointing
 from dlrm_jax.config import Config, ConfigError
-from dlrm_jax.data.loader import BatchLoader, SplitArrays, check_batch_ids, open_split
+from dlrm_jax.data.loader import SplitArrays, open_split
 from dlrm_jax.data.preprocess import encode_unlabeled
 from dlrm_jax.train import (
   Components,
@@ -21,7 +20,7 @@ from dlrm_jax.train import (
   evaluate,
   identity_of,
   load_components,
-  to_global,
+  predict_logits,
 )
 from dlrm_jax.train_state import TrainState
 from dlrm_jax.train_step import make_eval_step
@@ -74,25 +73,10 @@ def encode_unlabeled_raw(path: str, processed_dir: str) -> SplitArrays:
     raise ConfigError(f"--predict_file: {e}") from None
 
 
-def score(m: Loaded, arrays: SplitArrays, batch_size: int) -> np.ndarray:
+def score(m: Loaded, arrays: SplitArrays) -> np.ndarray:
   """Click probabilities f32[N] of every row of ``arrays``, in order."""
-  c = m.components
-  loader = BatchLoader(
-    arrays,
-    batch_size,
-    shuffle=False,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-  logits, masks = [], []
-  for batch in loader.iterate():
-    check_batch_ids(batch["sparse"], c.table_sizes)
-    gbatch = to_global(batch, c.mesh)
-    out = m.eval_step(m.state, gbatch)
-    logits.append(np.asarray(multihost_utils.process_allgather(out, tiled=True)))
-    masks.append(np.asarray(multihost_utils.process_allgather(gbatch["mask"], tiled=True)))
-  keep = np.concatenate(masks) > 0
-  return (1.0 / (1.0 + np.exp(-np.concatenate(logits)[keep].astype(np.float64)))).astype(np.float32)
+  logits, _ = predict_logits(m.components, m.state, m.eval_step, arrays)
+  return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
 
 def write_csv(path: str, ids: np.ndarray, probabilities: np.ndarray) -> None:
@@ -119,7 +103,7 @@ def run_predict(config: Config) -> dict[str, Any]:
   else:
     arrays = open_split(m.processed_dir, config.split)
     first_id, default_name = 0, f"predictions_{config.split}.csv"
-  probabilities = score(m, arrays, config.eval_batch_size)
+  probabilities = score(m, arrays)
   path = config.predictions_file or os.path.join(config.workdir, default_name)
   if jax.process_index() == 0:
     write_csv(path, first_id + np.arange(len(probabilities), dtype=np.int64), probabilities)

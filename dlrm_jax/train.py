@@ -17,7 +17,7 @@ from dlrm_jax import checkpointing, reporting
 from dlrm_jax import mesh as mesh_lib
 from dlrm_jax import metrics as metrics_lib
 from dlrm_jax.config import Config
-from dlrm_jax.data.loader import BatchLoader, check_batch_ids, open_split
+from dlrm_jax.data.loader import BatchLoader, SplitArrays, check_batch_ids, open_split
 from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
 from dlrm_jax.faults import Preempted, TrainingDiverged
 from dlrm_jax.model import DenseModel
@@ -79,12 +79,12 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
 
-def evaluate(
-  c: Components, state: TrainState, eval_step: Callable, processed_dir: str, split: str
-) -> dict[str, float]:
-  """Exact metrics over every example of ``split``."""
+def predict_logits(
+  c: Components, state: TrainState, eval_step: Callable, arrays: SplitArrays
+) -> tuple[np.ndarray, np.ndarray]:
+  """(logits f32[N], labels f32[N]) of every row of ``arrays``, in order, on every process."""
   loader = BatchLoader(
-    open_split(processed_dir, split),
+    arrays,
     c.config.eval_batch_size,
     shuffle=False,
     process_index=jax.process_index(),
@@ -97,10 +97,16 @@ def evaluate(
     out = eval_step(state, gbatch)
     for dest, arr in ((logits, out), (labels, gbatch["label"]), (masks, gbatch["mask"])):
       dest.append(np.asarray(multihost_utils.process_allgather(arr, tiled=True)))
-  keep = np.concatenate(masks) > 0
-  return metrics_lib.evaluate_predictions(
-    np.concatenate(labels)[keep], np.concatenate(logits)[keep]
-  )
+  keep = np.concatenate(masks) > 0  # the last batch's padding
+  return np.concatenate(logits)[keep], np.concatenate(labels)[keep]
+
+
+def evaluate(
+  c: Components, state: TrainState, eval_step: Callable, processed_dir: str, split: str
+) -> dict[str, float]:
+  """Exact metrics over every example of ``split``."""
+  logits, labels = predict_logits(c, state, eval_step, open_split(processed_dir, split))
+  return metrics_lib.evaluate_predictions(labels, logits)
 
 
 def abstract_train_state(c: Components) -> TrainState:
