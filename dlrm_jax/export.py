@@ -14,8 +14,8 @@ import numpy as np
 from absl import logging
 
 from dlrm_jax import checkpointing, export_loader
+from dlrm_jax.components import load
 from dlrm_jax.config import Config
-from dlrm_jax.inference import load
 from dlrm_jax.model import DenseModel
 
 PLATFORMS = ("cpu", "cuda")

@@ -2,60 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 
-from dlrm_jax import checkpointing
+from dlrm_jax.components import Loaded, load
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data.loader import SplitArrays, open_split
 from dlrm_jax.data.preprocess import encode_unlabeled
-from dlrm_jax.train import (
-  Components,
-  abstract_train_state,
-  evaluate,
-  identity_of,
-  load_components,
-  predict_logits,
-)
-from dlrm_jax.train_state import TrainState
-from dlrm_jax.train_step import make_eval_step
-
-
-@dataclasses.dataclass
-class Loaded:
-  """A restored model ready to score."""
-
-  components: Components
-  processed_dir: str
-  metadata: dict[str, Any]
-  state: TrainState
-  checkpoint: str
-  eval_step: Any
-
-
-def load(config: Config) -> Loaded:
-  """The model of --checkpoint (latest, best or a path) on this run's mesh and plan."""
-  c, processed, meta = load_components(
-    config, progress=config.progress and jax.process_index() == 0
-  )
-  abstract = abstract_train_state(c)
-  restored = checkpointing.load_for_inference(
-    config.checkpoint, config.workdir, c.layout, abstract, c.mesh, identity_of(c, meta)
-  )
-  logging.info("loaded %s (step %d)", restored.path, restored.step)
-  return Loaded(
-    c,
-    processed,
-    meta,
-    restored.state,
-    restored.path,
-    make_eval_step(c.model, c.layout, c.mesh, abstract),
-  )
+from dlrm_jax.evaluation import evaluate, predict_logits
 
 
 def run_eval(config: Config) -> dict[str, Any]:

@@ -1,141 +1,31 @@
-"""train_and_evaluate(config): the training loop, checkpoints, and the wiring of all parts."""
+"""train_and_evaluate(config): the training loop, its evaluations and checkpoints."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import signal
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 
 from dlrm_jax import checkpointing, reporting
-from dlrm_jax import mesh as mesh_lib
-from dlrm_jax import metrics as metrics_lib
+from dlrm_jax.components import (
+  Components,
+  abstract_train_state,
+  identity_of,
+  initial_state,
+  load_components,
+  to_global,
+)
 from dlrm_jax.config import Config
-from dlrm_jax.data.loader import BatchLoader, SplitArrays, check_batch_ids, open_split
-from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
+from dlrm_jax.data.loader import BatchLoader, check_batch_ids, open_split
+from dlrm_jax.evaluation import evaluate
 from dlrm_jax.faults import Preempted, TrainingDiverged
-from dlrm_jax.model import DenseModel
-from dlrm_jax.planner import EmbeddingLayout, plan_layout, plan_table
+from dlrm_jax.planner import plan_table
 from dlrm_jax.preemption import PreemptionGuard
-from dlrm_jax.sparse_optim import SparseOptimizer
-from dlrm_jax.specs import table_specs
-from dlrm_jax.train_state import TrainState, create_train_state, dense_optimizer
-from dlrm_jax.train_step import batch_shardings, make_eval_step, make_train_step
-
-
-@dataclasses.dataclass(frozen=True)
-class Components:
-  """Everything static that a run builds from its config and data."""
-
-  config: Config
-  mesh: Mesh
-  layout: EmbeddingLayout
-  model: DenseModel
-  sparse_opt: SparseOptimizer
-  dense_tx: Any
-  table_sizes: tuple[int, ...]
-
-
-def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Components:
-  config.validate(mesh.devices.size)
-  specs = table_specs(list(table_names), list(table_sizes), config.embedding_dim)
-  sparse_opt = SparseOptimizer(
-    config.optimizer,
-    config.learning_rate,
-    eps=config.adagrad_eps,
-    initial_accumulator=config.adagrad_initial_accumulator,
-  )
-  model_shards = mesh_lib.model_size(mesh)
-  memory = int(config.device_memory_gb * 2**30) if config.device_memory_gb else None
-  layout = plan_layout(
-    specs,
-    model_shards,
-    default=config.sharding,
-    overrides=dict(config.table_sharding),
-    device_memory_bytes=memory,
-    slot_floats_per_row=sparse_opt.slot_floats_per_row(config.embedding_dim),
-  )
-  model = DenseModel(
-    config.bottom_mlp, config.top_mlp, config.interaction, config.interaction_itself
-  )
-  dense_tx = dense_optimizer(
-    config.optimizer,
-    config.learning_rate,
-    eps=config.adagrad_eps,
-    initial_accumulator=config.adagrad_initial_accumulator,
-  )
-  return Components(config, mesh, layout, model, sparse_opt, dense_tx, tuple(table_sizes))
-
-
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Host-local NumPy slices -> global batch-sharded jax.Arrays."""
-  shardings = batch_shardings(mesh)
-  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
-
-
-def predict_logits(
-  c: Components, state: TrainState, eval_step: Callable, arrays: SplitArrays
-) -> tuple[np.ndarray, np.ndarray]:
-  """(logits f32[N], labels f32[N]) of every row of ``arrays``, in order, on every process."""
-  loader = BatchLoader(
-    arrays,
-    c.config.eval_batch_size,
-    shuffle=False,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-  logits, labels, masks = [], [], []
-  for batch in loader.iterate():
-    check_batch_ids(batch["sparse"], c.table_sizes)
-    gbatch = to_global(batch, c.mesh)
-    out = eval_step(state, gbatch)
-    for dest, arr in ((logits, out), (labels, gbatch["label"]), (masks, gbatch["mask"])):
-      dest.append(np.asarray(multihost_utils.process_allgather(arr, tiled=True)))
-  keep = np.concatenate(masks) > 0  # the last batch's padding
-  return np.concatenate(logits)[keep], np.concatenate(labels)[keep]
-
-
-def evaluate(
-  c: Components, state: TrainState, eval_step: Callable, processed_dir: str, split: str
-) -> dict[str, float]:
-  """Exact metrics over every example of ``split``."""
-  logits, labels = predict_logits(c, state, eval_step, open_split(processed_dir, split))
-  return metrics_lib.evaluate_predictions(labels, logits)
-
-
-def abstract_train_state(c: Components) -> TrainState:
-  """Shapes and dtypes of the TrainState ``c`` would create; allocates nothing."""
-  return jax.eval_shape(
-    lambda key: create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, key),
-    jax.random.key(c.config.seed),
-  )
-
-
-def load_components(config: Config, *, progress: bool) -> tuple[Components, str, dict[str, Any]]:
-  """Mesh, dataset and the static parts of the model: (components, processed dir, metadata)."""
-  mesh = mesh_lib.make_mesh(config.mesh_shape)
-  config.validate(mesh.devices.size)
-  # Process 0 prepares (generates, preprocesses) first; the others then reuse
-  # its cached output on a shared filesystem instead of racing to write it.
-  if jax.process_index() == 0:
-    processed, meta = resolve_dataset(config, progress=progress)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("dataset prepared")
-  if jax.process_index() != 0:
-    processed, meta = resolve_dataset(config, progress=False)
-  c = build_components(config, mesh, meta["table_sizes"], meta["sparse_names"])
-  check_data_matches_model(config, meta, c.table_sizes)  # before any id reaches a table
-  return c, processed, meta
-
-
-def identity_of(c: Components, meta: dict[str, Any]) -> dict[str, Any]:
-  return checkpointing.identity(c.config, meta["sparse_names"], c.table_sizes)
+from dlrm_jax.train_step import make_eval_step, make_train_step
 
 
 def train_and_evaluate(config: Config) -> dict[str, Any]:
@@ -192,9 +82,7 @@ def _train(
     pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
     reporting.announce(f"resuming from {restored.path} (step {start})")
   else:
-    state = create_train_state(
-      c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, jax.random.key(config.seed)
-    )
+    state = initial_state(c)
     start, pending_losses = 0, []
   last_good = start if restored is not None else None
   log = reporting.MetricsLog(
