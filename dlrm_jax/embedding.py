@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from dlrm_jax import bags
 from dlrm_jax.mesh import DATA_AXIS, MODEL_AXIS
 from dlrm_jax.planner import PLANS as PLAN_NAMES
 from dlrm_jax.planner import EmbeddingLayout
@@ -47,68 +48,69 @@ class RoutedGradients(NamedTuple):
   valid: jax.Array
 
 
-def _table_wise_slots(layout: EmbeddingLayout) -> tuple[np.ndarray, np.ndarray]:
-  """[model, slots] feature index (-1 = empty slot) and buffer-local row offset."""
-  m, s = layout.model_size, max(layout.table_slots, 1)
-  feature = np.full((m, s), -1, np.int32)
-  offset = np.zeros((m, s), np.int32)
-  for f, p in enumerate(layout.placements):
-    if p.plan == "table":
-      feature[p.owner, p.slot] = f
-      offset[p.owner, p.slot] = p.offset
-  return feature, offset
-
-
 def _owned_table_wise(layout: EmbeddingLayout, ids_m: jax.Array):
-  """For this shard's table slots: local rows i32[n, S] and validity bool[n, S]."""
-  feature, offset = _table_wise_slots(layout)
+  """For this shard's table-wise id slots: local rows i32[n, P] and validity bool[n, P]."""
+  tw = bags.table_wise_positions(layout)
   k = lax.axis_index(MODEL_AXIS)
-  feat = jnp.asarray(feature)[k]
-  ids = jnp.take(ids_m, jnp.maximum(feat, 0), axis=1)
-  rows = jnp.asarray(offset)[k][None, :] + ids
-  valid = jnp.broadcast_to(feat[None, :] >= 0, rows.shape)
+  ids = jnp.take(ids_m, jnp.asarray(tw.cols)[k], axis=1)
+  rows = jnp.asarray(tw.offset)[k][None, :] + ids
+  valid = jnp.broadcast_to(jnp.asarray(tw.used)[k][None, :], rows.shape)
+  if bags.is_multi_hot(layout):
+    valid = valid & (ids >= 0)
   return jnp.where(valid, rows, 0), valid
 
 
 def _table_wise_columns(layout: EmbeddingLayout, features: tuple[int, ...]) -> np.ndarray:
   """Position of each table-wise feature in the [b, model*slots] all_to_all result."""
-  s = max(layout.table_slots, 1)
-  return np.array(
-    [layout.placements[f].owner * s + layout.placements[f].slot for f in features], np.int32
-  )
+  tw = bags.table_wise_positions(layout)
+  return np.array([tw.position(f, layout.placements[f].owner) for f in features], np.int32)
 
 
 def _owned_row_wise(layout: EmbeddingLayout, features: tuple[int, ...], ids_m: jax.Array):
-  """Local rows i32[n, Tr] and ownership bool[n, Tr] for row-wise tables."""
-  chunk = jnp.asarray([layout.placements[f].chunk for f in features], jnp.int32)
-  offset = jnp.asarray([layout.placements[f].offset for f in features], jnp.int32)
-  ids = ids_m[:, list(features)]
-  owned = (ids // chunk) == lax.axis_index(MODEL_AXIS)
-  rows = offset + ids % chunk
+  """Local rows i32[n, P] and ownership bool[n, P] for every id of the row-wise bags.
+
+  An empty slot (-1) is owned by no shard: -1 // chunk is -1.
+  """
+  cols, widths = bags.columns(layout, features)
+  chunk = bags.per_id([layout.placements[f].chunk for f in features], widths).astype(np.int32)
+  offset = bags.per_id([layout.placements[f].offset for f in features], widths).astype(np.int32)
+  ids = ids_m[:, cols]
+  owned = (ids // jnp.asarray(chunk)) == lax.axis_index(MODEL_AXIS)
+  rows = jnp.asarray(offset) + ids % jnp.asarray(chunk)
   return jnp.where(owned, rows, 0), owned
 
 
-def _flat_rows(layout: EmbeddingLayout, features: tuple[int, ...], ids: jax.Array) -> jax.Array:
-  offset = jnp.asarray([layout.placements[f].offset for f in features], jnp.int32)
-  return offset + ids[:, list(features)]
+def _flat_rows(layout: EmbeddingLayout, features: tuple[int, ...], ids: jax.Array):
+  """Rows i32[n, P] of every id of ``features``' bags, and validity (None: all valid, one-hot).
+
+  Invalid (empty) slots point at row 0 and are masked by ``valid``.
+  """
+  cols, widths = bags.columns(layout, features)
+  offset = bags.per_id([layout.placements[f].offset for f in features], widths).astype(np.int32)
+  ids = ids[:, cols]
+  rows = jnp.asarray(offset) + ids
+  if not bags.is_multi_hot(layout):
+    return rows, None
+  valid = ids >= 0
+  return jnp.where(valid, rows, 0), valid
 
 
-def _masked_take(table: jax.Array, rows: jax.Array, valid: jax.Array) -> jax.Array:
+def _masked_take(table: jax.Array, rows: jax.Array, valid: jax.Array | None) -> jax.Array:
   # Rows are in range by construction (ids are validated on the host and
   # invalid entries point at row 0), so the gather promises that to XLA.
   out = table.at[rows].get(mode="promise_in_bounds")
-  return jnp.where(valid[..., None], out, 0.0)
+  return out if valid is None else jnp.where(valid[..., None], out, 0.0)
 
 
 def lookup(layout: EmbeddingLayout, buffers: dict[str, jax.Array], ids: jax.Array) -> jax.Array:
-  """Per-device embedding lookup.
+  """Per-device embedding lookup; bags are pooled where their rows live.
 
   Args:
     layout: static table placement.
     buffers: this device's shards of the fused buffers.
-    ids: i32[b, T] this device's examples.
+    ids: i32[b, S] this device's examples (S = sum of bag sizes; see bags.py).
   Returns:
-    f32[b, T, dim] embeddings, in feature order.
+    f32[b, T, dim] pooled embeddings, in feature order.
   """
   b = ids.shape[0]
   pieces, order = [], []
@@ -119,7 +121,8 @@ def lookup(layout: EmbeddingLayout, buffers: dict[str, jax.Array], ids: jax.Arra
   if table_wise:
     with jax.named_scope("table_wise_lookup"):
       rows, valid = _owned_table_wise(layout, ids_m)
-      local = _masked_take(buffers["sharded"], rows, valid)  # [b*M, S, D]
+      local = _masked_take(buffers["sharded"], rows, valid)  # [b*M, P, D]
+      local = bags.pool(local, bags.table_wise_positions(layout).widths)  # [b*M, S, D]
       received = lax.all_to_all(local, MODEL_AXIS, 0, 1, tiled=True)  # [b, M*S, D]
       pieces.append(received[:, _table_wise_columns(layout, table_wise)])
       order += table_wise
@@ -128,23 +131,26 @@ def lookup(layout: EmbeddingLayout, buffers: dict[str, jax.Array], ids: jax.Arra
   if row_wise:
     with jax.named_scope("row_wise_lookup"):
       rows, owned = _owned_row_wise(layout, row_wise, ids_m)
-      partial = _masked_take(buffers["sharded"], rows, owned)  # [b*M, Tr, D]
+      partial = _masked_take(buffers["sharded"], rows, owned)  # [b*M, P, D]
+      partial = bags.pool(partial, bags.columns(layout, row_wise)[1])  # [b*M, Tr, D]
       pieces.append(lax.psum_scatter(partial, MODEL_AXIS, scatter_dimension=0, tiled=True))
       order += row_wise
 
   column_wise = layout.features("column")
   if column_wise:
     with jax.named_scope("column_wise_lookup"):
-      rows = _flat_rows(layout, column_wise, ids_m)
-      local = buffers["column"].at[rows].get(mode="promise_in_bounds")  # [b*M, Tc, D/M]
+      rows, valid = _flat_rows(layout, column_wise, ids_m)
+      local = _masked_take(buffers["column"], rows, valid)  # [b*M, P, D/M]
+      local = bags.pool(local, bags.columns(layout, column_wise)[1])  # [b*M, Tc, D/M]
       pieces.append(lax.all_to_all(local, MODEL_AXIS, 0, 2, tiled=True))
       order += column_wise
 
   replicated = layout.features("replicated")
   if replicated:
     with jax.named_scope("replicated_lookup"):
-      rows = _flat_rows(layout, replicated, ids)
-      pieces.append(buffers["replicated"].at[rows].get(mode="promise_in_bounds"))
+      rows, valid = _flat_rows(layout, replicated, ids)
+      local = _masked_take(buffers["replicated"], rows, valid)
+      pieces.append(bags.pool(local, bags.columns(layout, replicated)[1]))
       order += replicated
 
   emb = jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
@@ -152,7 +158,8 @@ def lookup(layout: EmbeddingLayout, buffers: dict[str, jax.Array], ids: jax.Arra
   if not np.array_equal(inverse, np.arange(len(order))):
     emb = emb[:, inverse]
   assert emb.shape[:2] == (b, len(layout.placements))
-  return emb
+  scale = bags.mean_scale(layout, ids)
+  return emb if scale is None else emb * scale[..., None]
 
 
 def _gather_over_data(*xs: jax.Array) -> list[jax.Array]:
@@ -169,22 +176,35 @@ def _concat(parts: list[RoutedGradients]) -> RoutedGradients:
   return RoutedGradients(*(jnp.concatenate(xs, axis=0) for xs in zip(*parts, strict=True)))
 
 
+def _gather_marked(rows: jax.Array, g: jax.Array, valid: jax.Array | None, axes) -> list:
+  """All-gathers (rows, pooled grads) over ``axes``; validity travels as row -1 (multi-hot)."""
+  if valid is not None:
+    rows = jnp.where(valid, rows, -1)
+  for axis in axes:
+    rows, g = (lax.all_gather(x, axis, axis=0, tiled=True) for x in (rows, g))
+  return [rows, g, jnp.ones(rows.shape, bool) if valid is None else rows >= 0]
+
+
 def route_gradients(
   layout: EmbeddingLayout, ids: jax.Array, grads: jax.Array
 ) -> dict[str, RoutedGradients]:
-  """Per-device reverse exchange: row gradients travel to the rows' owners.
+  """Per-device reverse exchange: pooled gradients travel to the rows' owners.
+
+  Each bag's gradient travels once; owners copy it to every id of the bag.
 
   Args:
-    ids: i32[b, T] this device's examples (as given to ``lookup``).
-    grads: f32[b, T, dim] d(global loss)/d(embeddings) for those examples.
+    ids: i32[b, S] this device's examples (as given to ``lookup``).
+    grads: f32[b, T, dim] d(global loss)/d(pooled embeddings) for those examples.
   Returns:
     buffer name -> gradients for rows of this device's shard of that buffer,
-    covering the whole global batch.
+    one per id of the whole global batch (empty slots marked invalid).
   """
   routed: dict[str, list[RoutedGradients]] = {}
   needs_model_group = any(p.plan != "replicated" for p in layout.placements)
   ids_m = lax.all_gather(ids, MODEL_AXIS, axis=0, tiled=True) if needs_model_group else None
-  b, _, dim = grads.shape
+  scale = bags.mean_scale(layout, ids)
+  if scale is not None:
+    grads = grads * scale[..., None]
   m = layout.model_size
 
   table_wise = layout.features("table")
@@ -199,32 +219,37 @@ def route_gradients(
       padded = jnp.concatenate([grads, jnp.zeros_like(grads[:, :1])], axis=1)
       send = padded[:, source]
       mine = lax.all_to_all(send, MODEL_AXIS, 1, 0, tiled=True)  # [b*M, S, D]
-      rows, valid = _owned_table_wise(layout, ids_m)
-      routed.setdefault("sharded", []).append(_flatten(*_gather_over_data(rows, mine, valid)))
+      rows, valid = _owned_table_wise(layout, ids_m)  # [b*M, P]
+      rows, mine, valid = _gather_over_data(rows, mine, valid)
+      mine = bags.spread(mine, bags.table_wise_positions(layout).widths)
+      routed.setdefault("sharded", []).append(_flatten(rows, mine, valid))
 
   row_wise = layout.features("row")
   if row_wise:
     with jax.named_scope("row_wise_backward"):
       g = lax.all_gather(grads[:, list(row_wise)], MODEL_AXIS, axis=0, tiled=True)
       rows, owned = _owned_row_wise(layout, row_wise, ids_m)
-      routed.setdefault("sharded", []).append(_flatten(*_gather_over_data(rows, g, owned)))
+      rows, g, owned = _gather_over_data(rows, g, owned)
+      g = bags.spread(g, bags.columns(layout, row_wise)[1])
+      routed.setdefault("sharded", []).append(_flatten(rows, g, owned))
 
   column_wise = layout.features("column")
   if column_wise:
     with jax.named_scope("column_wise_backward"):
       g = lax.all_to_all(grads[:, list(column_wise)], MODEL_AXIS, 2, 0, tiled=True)
-      rows = _flat_rows(layout, column_wise, ids_m)
-      valid = jnp.ones(rows.shape, bool)
-      routed.setdefault("column", []).append(_flatten(*_gather_over_data(rows, g, valid)))
+      rows, valid = _flat_rows(layout, column_wise, ids_m)
+      rows, g, valid = _gather_marked(rows, g, valid, (DATA_AXIS,))
+      g = bags.spread(g, bags.columns(layout, column_wise)[1])
+      routed.setdefault("column", []).append(_flatten(rows, g, valid))
 
   replicated = layout.features("replicated")
   if replicated:
     with jax.named_scope("replicated_backward"):
-      rows = _flat_rows(layout, replicated, ids)
+      rows, valid = _flat_rows(layout, replicated, ids)
       g = grads[:, list(replicated)]
-      rows, g = (lax.all_gather(x, MODEL_AXIS, axis=0, tiled=True) for x in (rows, g))
-      valid = jnp.ones(rows.shape, bool)
-      routed.setdefault("replicated", []).append(_flatten(*_gather_over_data(rows, g, valid)))
+      rows, g, valid = _gather_marked(rows, g, valid, (MODEL_AXIS, DATA_AXIS))
+      g = bags.spread(g, bags.columns(layout, replicated)[1])
+      routed.setdefault("replicated", []).append(_flatten(rows, g, valid))
 
   return {name: _concat(parts) for name, parts in routed.items()}
 
@@ -317,20 +342,27 @@ def exchange_bytes(
 
   Mirrors the collectives of ``lookup`` and ``route_gradients`` on a
   (``data_size``, ``layout.model_size``) mesh with a global batch of
-  ``batch_size`` one-hot examples: an all_gather / all_to_all / psum_scatter
-  over an axis of size n sends (n - 1) / n of its per-device input from each
-  device (ring algorithms). ``minimum`` is the bytes of the embedding rows the
-  batch needs, B * T * dim, each sent once.
+  ``batch_size`` examples: an all_gather / all_to_all / psum_scatter over an
+  axis of size n sends (n - 1) / n of its per-device input from each device
+  (ring algorithms). Ids travel one per bag slot; embeddings and their
+  gradients one per bag (pooled). ``minimum`` is the bytes of the pooled
+  embeddings the batch needs, B * T * dim, each sent once.
   """
   m, d, dim = layout.model_size, data_size, layout.dim
   devices = m * d
   b = batch_size // devices
   counts = {plan: len(layout.features(plan)) for plan in PLAN_NAMES}
+  # Id slots per example of each plan's bags (= counts when one-hot).
+  slots = {
+    plan: len(bags.columns(layout, layout.features(plan))[0]) if counts[plan] else 0
+    for plan in PLAN_NAMES
+  }
   s = max(layout.table_slots, 1) if counts["table"] else 0
+  table_ids = sum(bags.table_wise_positions(layout).widths) if counts["table"] else 0
   out = {"ids": 0, "forward": 0, "backward": 0, "backward_data": 0}
   if any(counts[p] for p in ("table", "row", "column")):
     # ids all_gather over model (XLA merges the forward and backward ones).
-    out["ids"] = devices * (m - 1) * b * len(layout.placements) * id_bytes
+    out["ids"] = devices * (m - 1) * b * sum(bags.bag_sizes(layout)) * id_bytes
   per_row = dim * value_bytes
   # Forward: table-wise all_to_all of [b*m, S, D]; row-wise psum_scatter of
   # [b*m, Tr, D]; column-wise all_to_all of [b*m, Tc, D/m].
@@ -343,15 +375,18 @@ def exchange_bytes(
     * b
     * (
       per_row * (s + counts["row"] + counts["column"] / m + counts["replicated"])
-      + id_bytes * counts["replicated"]
+      + id_bytes * slots["replicated"]
     )
   )
   # Backward over data: every data replica applies the global update, so the
-  # routed (row, grad) pairs are all-gathered over data, with a validity byte
-  # where some entries belong to other shards (table-wise slots, row-wise).
-  routed_rows = b * m * (s + counts["row"]) * (per_row + id_bytes + 1)
-  routed_rows += b * m * counts["column"] * (per_row // m + id_bytes)
-  routed_rows += b * m * counts["replicated"] * (per_row + id_bytes)
+  # routed (rows, pooled grads) are all-gathered over data, with a validity
+  # byte per id where some entries belong to other shards (table-wise slots,
+  # row-wise); column-wise and replicated multi-hot mark empty slots as row -1.
+  routed_rows = (
+    b * m * ((s + counts["row"]) * per_row + (table_ids + slots["row"]) * (id_bytes + 1))
+  )
+  routed_rows += b * m * (counts["column"] * (per_row // m) + slots["column"] * id_bytes)
+  routed_rows += b * m * (counts["replicated"] * per_row + slots["replicated"] * id_bytes)
   out["backward_data"] = devices * (d - 1) * routed_rows
   out["total"] = sum(out.values())
   out["minimum"] = batch_size * len(layout.placements) * per_row
