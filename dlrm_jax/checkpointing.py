@@ -41,6 +41,8 @@ MODEL_FIELDS = (
   "optimizer",
   "table_names",
   "table_sizes",
+  "multi_hot_sizes",
+  "pooling",
 )
 # Fields that define the training trajectory: resuming with another value
 # would silently give a different model than an uninterrupted run.
@@ -71,6 +73,10 @@ def identity(config: Config, table_names: Sequence[str], table_sizes: Sequence[i
   values = dataclasses.asdict(config)
   out = {k: values[k] for k in MODEL_FIELDS + TRAINING_FIELDS if k in values}
   out.update(table_names=list(table_names), table_sizes=[int(s) for s in table_sizes])
+  if not config.multi_hot_sizes:
+    # One-hot: absent, as in checkpoints written before multi-hot existed.
+    out.pop("multi_hot_sizes", None)
+    out.pop("pooling", None)
   return json.loads(json.dumps(out))  # tuples -> lists, as they come back from JSON
 
 

@@ -42,7 +42,13 @@ class Components:
 
 def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Components:
   config.validate(mesh.devices.size)
-  specs = table_specs(list(table_names), list(table_sizes), config.embedding_dim)
+  specs = table_specs(
+    list(table_names),
+    list(table_sizes),
+    config.embedding_dim,
+    config.bag_sizes(len(table_names)),
+    config.pooling,
+  )
   sparse_opt = SparseOptimizer(
     config.optimizer,
     config.learning_rate,

@@ -11,6 +11,7 @@ import json
 from dlrm_jax.interaction import INTERACTIONS
 from dlrm_jax.planner import PLANS
 from dlrm_jax.sparse_optim import OPTIMIZERS
+from dlrm_jax.specs import POOLINGS
 
 DATASETS = ("synthetic", "kaggle", "terabyte")
 MODES = ("train", "eval", "predict", "export")
@@ -41,6 +42,8 @@ class Config:
   top_mlp: tuple[int, ...] = (512, 256, 1)
   interaction: str = "dot"
   interaction_itself: bool = False
+  multi_hot_sizes: tuple[int, ...] = ()  # ids per feature's bag; () = one id per feature
+  pooling: str = "sum"  # how a bag's rows combine: sum or mean
   # Optimisation.
   optimizer: str = "sgd"
   # Defaults train the built-in data to within 0.02 AUC of its teacher in a few
@@ -75,6 +78,18 @@ class Config:
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
+  def bag_sizes(self, num_features: int) -> tuple[int, ...] | None:
+    """Ids per bag of each of ``num_features`` features; None = one-hot."""
+    sizes = self.multi_hot_sizes
+    if not sizes:
+      return None
+    _check(
+      len(sizes) in (1, num_features),
+      f"--multi_hot_sizes={_csv(sizes)}: give one size per sparse feature "
+      f"({num_features}) or a single size for all",
+    )
+    return tuple(sizes) * num_features if len(sizes) == 1 else tuple(sizes)
+
   def validate(self, num_devices: int = 1) -> Config:
     """Raises ConfigError naming the flag of the first inconsistency found."""
     _check(
@@ -92,6 +107,14 @@ class Config:
     _check(
       self.sharding == "auto" or self.sharding in PLANS,
       f"--sharding={self.sharding!r}: must be auto or one of {', '.join(PLANS)}",
+    )
+    _check(
+      self.pooling in POOLINGS,
+      f"--pooling={self.pooling!r}: must be one of {', '.join(POOLINGS)}",
+    )
+    _check(
+      all(size >= 1 for size in self.multi_hot_sizes),
+      f"--multi_hot_sizes={_csv(self.multi_hot_sizes)}: every size must be >= 1",
     )
     _check(self.embedding_dim >= 1, f"--embedding_dim={self.embedding_dim}: must be >= 1")
     _check(

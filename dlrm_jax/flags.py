@@ -11,6 +11,7 @@ from dlrm_jax.interaction import INTERACTIONS
 from dlrm_jax.mesh import parse_mesh_shape
 from dlrm_jax.planner import PLANS
 from dlrm_jax.sparse_optim import OPTIMIZERS
+from dlrm_jax.specs import POOLINGS
 
 _D = Config()  # defaults live in one place: the dataclass
 
@@ -83,6 +84,16 @@ flags.DEFINE_bool(
   "interaction_itself",
   _D.interaction_itself,
   "dot: also keep each vector's dot product with itself.",
+)
+flags.DEFINE_list(
+  "multi_hot_sizes",
+  [],
+  "Ids per example of each sparse feature's bag (multi-hot), e.g. 3,2,1,...; one "
+  "number = the same for all; empty (default) = one id per feature. A bag with "
+  "fewer ids pads with -1.",
+)
+flags.DEFINE_enum(
+  "pooling", _D.pooling, POOLINGS, "How a bag's rows combine into one vector (default sum)."
 )
 # Optimisation.
 flags.DEFINE_enum(
@@ -213,7 +224,7 @@ def config_from_flags() -> Config:
   values = {
     f.name: FLAGS[f.name].value
     for f in dataclasses.fields(Config)
-    if f.name not in ("bottom_mlp", "top_mlp", "mesh_shape", "table_sharding")
+    if f.name not in ("bottom_mlp", "top_mlp", "multi_hot_sizes", "mesh_shape", "table_sharding")
   }
   try:
     mesh_shape = parse_mesh_shape(FLAGS.mesh_shape)
@@ -223,6 +234,7 @@ def config_from_flags() -> Config:
     **values,
     bottom_mlp=_int_list("bottom_mlp"),
     top_mlp=_int_list("top_mlp"),
+    multi_hot_sizes=_int_list("multi_hot_sizes"),
     mesh_shape=mesh_shape,
     table_sharding=_table_sharding(),
   )

@@ -245,14 +245,15 @@ def choose_plans(
   see benchmarks/sharding_plan.py), else by rows (row-wise reduce-scatters
   ``model_size`` times the rows the batch needs).
   Either lowers the largest per-device load to about 1 / model_size of the
-  table. ``lookups[t]`` is table t's ids per example (1 for one-hot), balanced
-  as the second load. Replicated is never chosen automatically: it costs
+  table. ``lookups[t]`` is table t's ids per example (default: its bag size,
+  1 for one-hot), balanced as the second load: it sizes the gathers and, for
+  table-wise tables, the id slots every owner pads to (see bags.py). Replicated is never chosen automatically: it costs
   memory on every device and a gradient all-gather over all of them.
   Raises ValueError naming the flags to change when no plan fits.
   """
   overrides = dict(overrides or {})
   _check_overrides(specs, default, overrides)
-  lookups = list(lookups) if lookups is not None else [1.0] * len(specs)
+  lookups = list(lookups) if lookups is not None else [float(s.bag_size) for s in specs]
   plans: list[str | None] = [
     overrides.get(s.name) or (None if default == "auto" else default) for s in specs
   ]
@@ -321,7 +322,7 @@ def build_layout(
   if len({s.dim for s in specs}) > 1:
     raise ValueError("all tables must have the same embedding_dim")
   dim = specs[0].dim
-  lookups = list(lookups) if lookups is not None else [1.0] * len(specs)
+  lookups = list(lookups) if lookups is not None else [float(s.bag_size) for s in specs]
   total = sum(s.rows * _row_bytes(s, slot_floats_per_row) for s in specs)
   loads = _Loads(model_size, total / model_size, sum(lookups) / model_size)
   placements: list[TablePlacement | None] = [None] * len(specs)

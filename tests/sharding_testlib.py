@@ -27,16 +27,23 @@ LR = 0.1
 MIXED_OVERRIDES = {"C2": "row", "C4": "row", "C6": "replicated"}
 
 
-def specs(rows=ROWS):
-  return table_specs(list(NAMES[: len(rows)]), list(rows), DIM)
+def specs(rows=ROWS, bag_sizes=None, pooling="sum"):
+  return table_specs(list(NAMES[: len(rows)]), list(rows), DIM, bag_sizes, pooling)
 
 
-def layout_for(plan: str, model_size: int, slot_floats: int = 0) -> EmbeddingLayout:
+def layout_for(
+  plan: str, model_size: int, slot_floats: int = 0, bag_sizes=None, pooling="sum", overrides=None
+) -> EmbeddingLayout:
+  """``overrides`` add to MIXED_OVERRIDES for plan 'mixed'."""
+  tables = specs(ROWS, bag_sizes, pooling)
   if plan == "mixed":
     return plan_layout(
-      specs(), model_size, overrides=MIXED_OVERRIDES, slot_floats_per_row=slot_floats
+      tables,
+      model_size,
+      overrides={**MIXED_OVERRIDES, **(overrides or {})},
+      slot_floats_per_row=slot_floats,
     )
-  return plan_layout(specs(), model_size, default=plan, slot_floats_per_row=slot_floats)
+  return plan_layout(tables, model_size, default=plan, slot_floats_per_row=slot_floats)
 
 
 def model() -> DenseModel:
@@ -64,11 +71,25 @@ def make_batch(step: int, rows=ROWS, batch: int = BATCH) -> dict[str, np.ndarray
 class Sharded:
   """State and compiled steps of one (mesh, plan, optimizer) combination."""
 
-  def __init__(self, mesh_shape, plan: str, optimizer: str, seed: int = 0):
+  def __init__(
+    self,
+    mesh_shape,
+    plan: str,
+    optimizer: str,
+    seed: int = 0,
+    bag_sizes=None,
+    pooling="sum",
+    overrides=None,
+  ):
     self.mesh = mesh_lib.make_mesh(mesh_shape, jax.devices()[: int(np.prod(mesh_shape))])
     self.opt = SparseOptimizer(optimizer, LR)
     self.layout = layout_for(
-      plan, mesh_lib.model_size(self.mesh), self.opt.slot_floats_per_row(DIM)
+      plan,
+      mesh_lib.model_size(self.mesh),
+      self.opt.slot_floats_per_row(DIM),
+      bag_sizes,
+      pooling,
+      overrides,
     )
     self.tx = dense_optimizer(optimizer, LR)
     self.model = model()
@@ -94,11 +115,12 @@ def _lookup(tables, ids):
   return jnp.stack([tables[t][ids[:, t]] for t in range(len(tables))], axis=1)
 
 
-def reference_logits(dense_model, params, tables, batch):
-  return dense_model.apply({"params": params}, batch["dense"], _lookup(tables, batch["sparse"]))
+def reference_logits(dense_model, params, tables, batch, embed=_lookup):
+  """``embed(tables, sparse) -> f32[B, T, D]``: one id per feature unless given."""
+  return dense_model.apply({"params": params}, batch["dense"], embed(tables, batch["sparse"]))
 
 
-def reference_train(dense_model, params, tables, batches, optimizer: str):
+def reference_train(dense_model, params, tables, batches, optimizer: str, embed=_lookup):
   """Plain single-device training with whole-table gradients; optax for everything.
 
   Row-wise Adagrad has no optax form for tables, so its table update is
@@ -107,7 +129,7 @@ def reference_train(dense_model, params, tables, batches, optimizer: str):
   tables = [jnp.asarray(t) for t in tables]
 
   def loss_fn(params, tables, batch):
-    logits = reference_logits(dense_model, params, tables, batch)
+    logits = reference_logits(dense_model, params, tables, batch, embed)
     losses = optax.sigmoid_binary_cross_entropy(logits, batch["label"]) * batch["mask"]
     return jnp.sum(losses) / jnp.sum(batch["mask"])
 
