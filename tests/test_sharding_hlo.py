@@ -56,11 +56,15 @@ def collectives(hlo: str) -> list[tuple[str, int, int]]:
   return out
 
 
-def compiled_step(mesh_shape, optimizer):
+# Multi-hot: bags of up to 6 ids (the HLO test needs no valid ids, only shapes).
+BAGS = (3, 1, 6, 2, 1, 4, 2, 5)
+
+
+def compiled_step(mesh_shape, optimizer, bags=None, pooling="sum"):
   mesh = mesh_lib.make_mesh(mesh_shape)
   opt = SparseOptimizer(optimizer, LR)
   layout = plan_layout(
-    table_specs(list(NAMES), list(ROWS), DIM),
+    table_specs(list(NAMES), list(ROWS), DIM, bags, pooling),
     mesh_lib.model_size(mesh),
     overrides=MIXED_OVERRIDES,
     slot_floats_per_row=opt.slot_floats_per_row(DIM),
@@ -72,18 +76,26 @@ def compiled_step(mesh_shape, optimizer):
   )
   step = make_train_step(dense_model, layout, opt, tx, mesh, abstract)
   shardings = batch_shardings(mesh)
-  batch = {
-    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
-    for k, v in make_batch(0, ROWS).items()
-  }
+  shapes = {k: (v.shape, v.dtype) for k, v in make_batch(0, ROWS).items()}
+  if bags:
+    shapes["sparse"] = ((BATCH, sum(bags)), np.int32)
+  batch = {k: jax.ShapeDtypeStruct(*v, sharding=shardings[k]) for k, v in shapes.items()}
   return layout, step.lower(abstract, batch).compile()
 
 
 @pytest.mark.parametrize(
-  "mesh_shape,optimizer", [((8,), "sgd"), ((2, 4), "adagrad")], ids=["8-sgd", "2x4-adagrad"]
+  "mesh_shape,optimizer,bags,pooling",
+  [
+    ((8,), "sgd", None, "sum"),
+    ((2, 4), "adagrad", None, "sum"),
+    ((2, 4), "adagrad", BAGS, "mean"),
+  ],
+  ids=["8-sgd", "2x4-adagrad", "2x4-adagrad-multihot-mean"],
 )
-def test_sharding_compiled_step_has_no_table_sized_collective_or_temp(mesh_shape, optimizer):
-  layout, compiled = compiled_step(mesh_shape, optimizer)
+def test_sharding_compiled_step_has_no_table_sized_collective_or_temp(
+  mesh_shape, optimizer, bags, pooling
+):
+  layout, compiled = compiled_step(mesh_shape, optimizer, bags, pooling)
   assert {p.plan for p in layout.placements} == {"table", "row", "column", "replicated"}
   ops = collectives(compiled.as_text())
   kinds = {op for op, _, _ in ops}
