@@ -9,8 +9,10 @@ from typing import Any
 from absl import logging
 
 from dlrm_jax.config import Config, ConfigError
+from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data.bad_rows import BadRowError
 from dlrm_jax.data.criteo_format import TERABYTE_NUM_DAYS
+from dlrm_jax.data.multi_hot import mlperf_multi_hot, prepare_synthetic_multi_hot
 from dlrm_jax.data.preprocess import preprocess_criteo
 from dlrm_jax.data.store import read_metadata
 from dlrm_jax.data.synthetic import prepare_synthetic
@@ -78,6 +80,12 @@ def processed_dir(config: Config) -> str:
 
 def resolve_dataset(config: Config, *, progress: bool = True) -> tuple[str, dict[str, Any]]:
   """Returns (preprocessed directory, its metadata), preparing it if needed."""
+  bag_sizes = config.bag_sizes(cf.NUM_SPARSE)
+  if config.dataset == "synthetic" and bag_sizes:
+    processed = prepare_synthetic_multi_hot(
+      config.data_dir, config.synthetic_rows, config.synthetic_seed, bag_sizes, progress=progress
+    )
+    return processed, read_metadata(processed)
   if config.dataset == "synthetic":
     processed = prepare_synthetic(
       config.data_dir, config.synthetic_rows, config.synthetic_seed, progress=progress
@@ -105,6 +113,10 @@ def resolve_dataset(config: Config, *, progress: bool = True) -> tuple[str, dict
     logging.warning("%s: %s", processed, summary)
     if progress:
       print(f"{processed}: {summary} (--strict stops at the first instead)", file=sys.stderr)
+  if bag_sizes:
+    # MLPerf DLRM-DCNv2's bags, made from the one-hot ids (multi_hot.py).
+    processed = mlperf_multi_hot(processed, bag_sizes, progress=progress)
+    return processed, read_metadata(processed)
   return processed, metadata
 
 
@@ -116,6 +128,14 @@ def check_data_matches_model(config: Config, metadata: dict[str, Any], table_siz
   and a Criteo directory must have been made with this run's preprocessing flags.
   """
   from dlrm_jax.data.loader import validate_table_sizes
+
+  want = config.bag_sizes(len(table_sizes))
+  have = metadata.get("multi_hot_sizes")
+  if (list(want) if want else None) != have:
+    raise ConfigError(
+      f"--multi_hot_sizes={','.join(map(str, config.multi_hot_sizes))} but the data has "
+      f"{'bags of ' + ','.join(map(str, have)) if have else 'one id per feature'}"
+    )
 
   try:
     validate_table_sizes(metadata, table_sizes)

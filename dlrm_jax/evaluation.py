@@ -28,7 +28,7 @@ def predict_logits(
   )
   logits, labels, masks = [], [], []
   for batch in loader.iterate():
-    check_batch_ids(batch["sparse"], c.table_sizes)
+    check_batch_ids(batch["sparse"], c.table_sizes, c.config.bag_sizes(len(c.table_sizes)))
     gbatch = to_global(batch, c.mesh)
     out = eval_step(state, gbatch)
     for dest, arr in ((logits, out), (labels, gbatch["label"]), (masks, gbatch["mask"])):

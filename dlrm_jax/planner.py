@@ -247,8 +247,9 @@ def choose_plans(
   Either lowers the largest per-device load to about 1 / model_size of the
   table. ``lookups[t]`` is table t's ids per example (default: its bag size,
   1 for one-hot), balanced as the second load: it sizes the gathers and, for
-  table-wise tables, the id slots every owner pads to (see bags.py). Replicated is never chosen automatically: it costs
-  memory on every device and a gradient all-gather over all of them.
+  table-wise tables, the id slots every owner pads to (see bags.py).
+  Replicated is never chosen automatically: it costs memory on every device
+  and a gradient all-gather over all of them.
   Raises ValueError naming the flags to change when no plan fits.
   """
   overrides = dict(overrides or {})

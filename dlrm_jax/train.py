@@ -149,7 +149,7 @@ def _train(
   target_reached = False
   with PreemptionGuard() as guard:
     for step, batch in enumerate(train_loader.iterate(start, max(0, total_steps - start)), start):
-      check_batch_ids(batch["sparse"], c.table_sizes)
+      check_batch_ids(batch["sparse"], c.table_sizes, c.config.bag_sizes(len(c.table_sizes)))
       state, step_metrics = train_step(state, to_global(batch, mesh))
       pending_losses.append(step_metrics["loss"])
       throughput.add(config.batch_size)

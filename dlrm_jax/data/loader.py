@@ -40,13 +40,27 @@ def validate_table_sizes(metadata: dict[str, Any], table_sizes: Sequence[int]) -
     raise ValueError("sparse ids out of range for the model's embedding tables: " + "; ".join(bad))
 
 
-def check_batch_ids(sparse: np.ndarray, table_sizes: Sequence[int]) -> None:
-  """Raise ValueError if any id in sparse i32[b, T] is negative or >= its table's size."""
+def check_batch_ids(
+  sparse: np.ndarray, table_sizes: Sequence[int], bag_sizes: Sequence[int] | None = None
+) -> None:
+  """Raise ValueError if any id in sparse i32[b, S] is out of its table's range.
+
+  ``bag_sizes`` (multi-hot): feature t owns ``bag_sizes[t]`` consecutive columns
+  and -1 marks an empty slot of a bag; None = one column per feature, no -1.
+  """
   sizes = np.asarray(table_sizes)
-  bad = (sparse < 0) | (sparse >= sizes[None, :])
+  bags = np.ones(sizes.size, np.int64) if bag_sizes is None else np.asarray(bag_sizes)
+  if sparse.shape[1] != bags.sum():
+    raise ValueError(
+      f"sparse batch has {sparse.shape[1]} id columns but the model expects {bags.sum()} "
+      f"(--multi_hot_sizes gives {bags.tolist()})"
+    )
+  per_column = np.repeat(sizes, bags)
+  lowest = -1 if (bags > 1).any() else 0
+  bad = (sparse < lowest) | (sparse >= per_column[None, :])
   if bad.any():
-    t = int(np.argmax(bad.any(axis=0)))
-    raise ValueError(f"{cf.SPARSE_NAMES[t]}: id out of range [0, {sizes[t]}) in batch")
+    t = int(np.repeat(np.arange(sizes.size), bags)[np.argmax(bad.any(axis=0))])
+    raise ValueError(f"{cf.SPARSE_NAMES[t]}: id out of range [{lowest}, {sizes[t]}) in batch")
 
 
 class BatchLoader:

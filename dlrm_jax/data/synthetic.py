@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -140,8 +141,11 @@ def _distinct_uint32(rng: np.random.Generator, n: int) -> np.ndarray:
   return out[:n]
 
 
-def make_teacher(seed: int) -> Teacher:
-  """Random teacher for `seed`, calibrated to ~25% positives and teacher AUC ~0.80."""
+def make_teacher(seed: int, bag_sizes: Sequence[int] | None = None) -> Teacher:
+  """Random teacher for `seed`, calibrated to ~25% positives and teacher AUC ~0.80.
+
+  ``bag_sizes`` (multi-hot): calibrated on the pooled signal of bags of that many ids.
+  """
   rng = np.random.default_rng([seed, 0])
   zipf = rng.uniform(1.05, 1.35, size=cf.NUM_SPARSE)
   cdfs, hexes, unary, pair_vecs = [], [], [], []
@@ -165,7 +169,7 @@ def make_teacher(seed: int) -> Teacher:
     dense_sigma=rng.uniform(0.5, 1.5, cf.NUM_DENSE),
     zipf=zipf,
   )
-  return _calibrate(teacher, np.random.default_rng([seed, 1]))
+  return _calibrate(teacher, np.random.default_rng([seed, 1]), bag_sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +199,41 @@ def _draw_features(teacher: Teacher, rng: np.random.Generator, n: int) -> tuple[
   return dense, dense_missing, ids, sparse_missing
 
 
+def _draw_extra_ids(
+  teacher: Teacher, rng: np.random.Generator, n: int, bag_sizes: Sequence[int]
+) -> list[np.ndarray]:
+  """Multi-hot: per feature the bag's other L - 1 teacher ids int64[n, L - 1], same distribution.
+
+  Drawn after (and from another stream than) the first ids, so one-hot rows are unchanged.
+  """
+  return [
+    np.minimum(np.searchsorted(cdf, rng.random((n, size - 1))), cdf.size - 1)
+    for cdf, size in zip(teacher.cdfs, bag_sizes, strict=True)
+  ]
+
+
+def _pooled(table: np.ndarray, first: np.ndarray, extra: np.ndarray) -> np.ndarray:
+  """Mean of table rows over a bag (first id and the extra ones): the teacher's pooled signal."""
+  total = table[first].copy()
+  for j in range(extra.shape[1]):
+    total += table[extra[:, j]]
+  return total / (1 + extra.shape[1])
+
+
 def _raw_logit(
-  teacher: Teacher, dense: np.ndarray, ids: np.ndarray, sparse_missing: np.ndarray
+  teacher: Teacher,
+  dense: np.ndarray,
+  ids: np.ndarray,
+  sparse_missing: np.ndarray,
+  extra: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-  """Teacher logit before scale and bias: f64[n]. Uses exactly what preprocessing keeps."""
+  """Teacher logit before scale and bias: f64[n]. Uses exactly what preprocessing keeps.
+
+  ``extra`` (multi-hot): each feature's signal is the mean over its bag; a
+  missing feature's bag is the missing category alone.
+  """
+  if extra is not None:
+    return _raw_logit_bags(teacher, dense, ids, sparse_missing, extra)
   z = np.log1p(np.maximum(dense, 0).astype(np.float64))
   logit = z @ teacher.dense_w
   eff = np.where(sparse_missing, np.asarray(VOCAB_SIZES)[None, :], ids)
@@ -206,6 +241,21 @@ def _raw_logit(
     logit += teacher.unary[t][eff[:, t]]
   for a, b in PAIRS:
     logit += np.einsum("nd,nd->n", teacher.pair_vecs[a][eff[:, a]], teacher.pair_vecs[b][eff[:, b]])
+  return logit
+
+
+def _raw_logit_bags(teacher, dense, ids, sparse_missing, extra) -> np.ndarray:
+  z = np.log1p(np.maximum(dense, 0).astype(np.float64))
+  logit = z @ teacher.dense_w
+  v = np.asarray(VOCAB_SIZES)
+  eff = np.where(sparse_missing, v[None, :], ids)
+  bags = [np.where(sparse_missing[:, t : t + 1], v[t], e) for t, e in enumerate(extra)]
+  for t in range(cf.NUM_SPARSE):
+    logit += _pooled(teacher.unary[t], eff[:, t], bags[t])
+  for a, b in PAIRS:
+    pa_ = _pooled(teacher.pair_vecs[a], eff[:, a], bags[a])
+    pb_ = _pooled(teacher.pair_vecs[b], eff[:, b], bags[b])
+    logit += np.einsum("nd,nd->n", pa_, pb_)
   return logit
 
 
@@ -238,10 +288,13 @@ def exact_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
   return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def _calibrate(teacher: Teacher, rng: np.random.Generator) -> Teacher:
+def _calibrate(
+  teacher: Teacher, rng: np.random.Generator, bag_sizes: Sequence[int] | None = None
+) -> Teacher:
   """Pick scale (AUC) and bias (positive rate) by nested bisection on a calibration sample."""
   dense, _, ids, miss = _draw_features(teacher, rng, _CALIBRATION_ROWS)
-  base = _raw_logit(teacher, dense, ids, miss)
+  extra = _draw_extra_ids(teacher, rng, _CALIBRATION_ROWS, bag_sizes) if bag_sizes else None
+  base = _raw_logit(teacher, dense, ids, miss, extra)
   base = base - base.mean()
 
   def bias_for(scale: float) -> float:
@@ -260,7 +313,7 @@ def _calibrate(teacher: Teacher, rng: np.random.Generator) -> Teacher:
     lo, hi = (lo, mid) if auc > TARGET_AUC else (mid, hi)
   scale = float(np.sqrt(lo * hi))
   # The centring shift is folded into the bias so generation needs no extra state.
-  shift = float(_raw_logit(teacher, dense, ids, miss).mean())
+  shift = float(_raw_logit(teacher, dense, ids, miss, extra).mean())
   return dataclasses.replace(teacher, scale=scale, bias=bias_for(scale) - scale * shift)
 
 
