@@ -1,10 +1,14 @@
 """Train-step throughput of the Criteo-Kaggle-size DLRM on random ids.
 
 python benchmarks/train_throughput.py [--batch_sizes=128,2048] [--steps=30]
+    [--multi_hot_sizes=3,2,1,...]
 
 Prints, per batch size: samples/s (median over timed windows), the model's
 GFLOP/s against a same-process XLA matmul's GFLOP/s, and peak RSS against
-the bytes of tables + optimizer state + dense parameters.
+the bytes of tables + optimizer state + dense parameters. With
+--multi_hot_sizes, then the same model with bags of those sizes (sum pooling):
+samples/s and ids/s against the one-hot figure, each also normalised by the
+matmul timed in its own windows.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ flags.DEFINE_integer("steps", 30, "Timed steps per window.")
 flags.DEFINE_integer("windows", 5, "Timed windows per batch size (the median is reported).")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adagrad", "rowwise_adagrad"], "Table optimizer.")
 flags.DEFINE_integer("embedding_dim", 16, "Embedding width.")
+flags.DEFINE_list(
+  "multi_hot_sizes",
+  [],
+  "Also measure bags of these sizes (one per table, or one for all; sum pooling); "
+  "empty (default) = one-hot only.",
+)
 FLAGS = flags.FLAGS
 
 BOTTOM, TOP = (512, 256, 64, 16), (512, 256, 1)
@@ -88,6 +98,53 @@ def random_batch(rng: np.random.Generator, specs, batch_size: int, mesh) -> dict
     "mask": np.ones(batch_size, np.float32),
   }
   return jax.device_put(batch, batch_shardings(mesh))
+
+
+def random_bag_batch(rng: np.random.Generator, specs, batch_size: int, mesh):
+  """Full bags of uniformly random ids: sparse i32[B, sum(bag sizes)] (layout of bags.py)."""
+  batch = jax.device_get(random_batch(rng, specs, batch_size, mesh))
+  batch["sparse"] = np.concatenate(
+    [rng.integers(0, s.rows, (batch_size, s.bag_size)) for s in specs], axis=1
+  ).astype(np.int32)
+  return jax.device_put(batch, batch_shardings(mesh))
+
+
+def measure(step, state, make_batch, batch_size: int):
+  """(median samples/s, median matmul GFLOP/s, state) over FLAGS.windows windows."""
+  batches = [make_batch() for _ in range(8)]
+  _, state = timed_window(step, state, batches, 1)  # compile
+  rates, matmuls = [], []
+  for _ in range(FLAGS.windows):
+    seconds, state = timed_window(step, state, batches, FLAGS.steps)
+    rates.append(FLAGS.steps * batch_size / seconds)
+    matmuls.append(matmul_gflops(reps=10))
+  return statistics.median(rates), statistics.median(matmuls), state
+
+
+def multi_hot_report(dim: int, one_hot: dict[int, tuple[float, float]]) -> None:
+  """Measures the bags of --multi_hot_sizes and prints them against ``one_hot`` figures."""
+  sizes = [int(v) for v in FLAGS.multi_hot_sizes]
+  if len(sizes) == 1:
+    sizes = sizes * len(SPARSE_NAMES)
+  mesh = make_mesh()
+  specs = table_specs(list(SPARSE_NAMES), list(KAGGLE_TABLE_SIZES), dim, sizes, "sum")
+  step, state = reference_step(specs, mesh, FLAGS.optimizer)
+  rng = np.random.default_rng(1)
+  ids = sum(sizes)
+  print(f"multi-hot: {ids} ids per sample (sizes {','.join(map(str, sizes))}), sum pooling")
+  print(
+    f"{'batch':>6} {'samples/s':>10} {'ids/s':>12} {'one-hot samples/s':>18} "
+    f"{'ratio':>6} {'ratio/matmul':>13}"
+  )
+  for batch_size in map(int, FLAGS.batch_sizes):
+    rate, mm, state = measure(
+      step, state, lambda b=batch_size: random_bag_batch(rng, specs, b, mesh), batch_size
+    )
+    base, base_mm = one_hot[batch_size]
+    print(
+      f"{batch_size:>6} {rate:>10,.0f} {rate * ids:>12,.0f} {base:>18,.0f} "
+      f"{rate / base:>6.2f} {(rate / mm) / (base / base_mm):>13.2f}"
+    )
 
 
 def reference_step(specs, mesh, optimizer: str = "sgd"):
@@ -161,6 +218,9 @@ def main(argv):
     f"peak RSS {rss / 2**30:.2f} GiB = {rss / state_bytes:.2f} x state "
     f"({state_bytes / 2**30:.2f} GiB)"
   )
+  if FLAGS.multi_hot_sizes:
+    del step, state  # one model's tables in memory at a time
+    multi_hot_report(dim, {r[0]: (r[1], r[3]) for r in rows})
 
 
 if __name__ == "__main__":

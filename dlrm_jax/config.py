@@ -116,6 +116,12 @@ class Config:
       all(size >= 1 for size in self.multi_hot_sizes),
       f"--multi_hot_sizes={_csv(self.multi_hot_sizes)}: every size must be >= 1",
     )
+    _check(
+      self.mode != "export" or all(size == 1 for size in self.multi_hot_sizes),
+      f"--mode=export serves one id per feature (sparse i32[N, 26]); the model was trained "
+      f"with --multi_hot_sizes={_csv(self.multi_hot_sizes)} (bags), which export does not "
+      f"support yet: score it with --mode=eval or --mode=predict",
+    )
     _check(self.embedding_dim >= 1, f"--embedding_dim={self.embedding_dim}: must be >= 1")
     _check(
       len(self.bottom_mlp) >= 1 and min(self.bottom_mlp) >= 1,

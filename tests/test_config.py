@@ -17,6 +17,9 @@ from dlrm_jax.config import Config, ConfigError
     (dict(interaction="sum"), "--interaction"),
     (dict(learning_rate=0.0), "--learning_rate"),
     (dict(sharding="diagonal"), "--sharding"),
+    (dict(multi_hot_sizes=(3, 0)), "--multi_hot_sizes"),
+    (dict(pooling="max"), "--pooling"),
+    (dict(multi_hot_sizes=(3,), mode="export"), "--multi_hot_sizes"),
   ],
 )
 def test_rejected_with_flag_name(changes, flag):
@@ -27,3 +30,11 @@ def test_rejected_with_flag_name(changes, flag):
 def test_defaults_are_valid_and_cat_allows_any_bottom_width():
   Config().validate(num_devices=1)
   Config(interaction="cat", bottom_mlp=(64, 32), embedding_dim=16).validate(1)
+
+
+def test_multi_hot_sizes_one_for_all_or_one_per_feature():
+  assert Config().bag_sizes(3) is None
+  assert Config(multi_hot_sizes=(2,)).bag_sizes(3) == (2, 2, 2)
+  assert Config(multi_hot_sizes=(1, 2, 3)).bag_sizes(3) == (1, 2, 3)
+  with pytest.raises(ConfigError, match="--multi_hot_sizes=1,2: give one size per sparse"):
+    Config(multi_hot_sizes=(1, 2)).bag_sizes(3)
