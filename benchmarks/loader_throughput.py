@@ -9,7 +9,8 @@ import statistics
 import tempfile
 import time
 
-from dlrm_jax.data.loader import BatchLoader, open_split
+from dlrm_jax.data.loader import BatchLoader
+from dlrm_jax.data.store import open_split
 from dlrm_jax.data.synthetic import prepare_synthetic
 
 
@@ -29,7 +30,7 @@ def train_rows_per_second(processed: str, batch: int, steps: int = 30, windows: 
   import jax
   from train_throughput import reference_step, timed_window
 
-  from dlrm_jax.data.loader import read_metadata
+  from dlrm_jax.data.store import read_metadata
   from dlrm_jax.mesh import make_mesh
   from dlrm_jax.specs import table_specs
   from dlrm_jax.train_step import batch_shardings
