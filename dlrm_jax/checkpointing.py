@@ -55,7 +55,11 @@ TRAINING_FIELDS = (
   "synthetic_seed",
   "max_ind_range",
   "min_frequency",
+  "data_sub_sample_rate",
+  "vocabulary",
 )
+# Fields that have no effect unless --dataset=synthetic: never a reason to refuse another dataset.
+SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed")
 
 
 @dataclasses.dataclass
@@ -78,10 +82,13 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
   """Raises CheckpointMismatch listing every differing field (model fields always)."""
   saved = meta.get("identity", {})
   fields = MODEL_FIELDS + (TRAINING_FIELDS if resume else ())
+  if ident.get("dataset") != "synthetic":
+    fields = tuple(f for f in fields if f not in SYNTHETIC_FIELDS)
+  defaults = json.loads(json.dumps(dataclasses.asdict(Config())))
+  # A field newer than the checkpoint had its default then.
+  was = {f: saved.get(f, defaults.get(f)) for f in fields}
   diff = [
-    f"{f}: checkpoint {saved.get(f)!r}, now {ident.get(f)!r}"
-    for f in fields
-    if saved.get(f) != ident.get(f)
+    f"{f}: checkpoint {was[f]!r}, now {ident.get(f)!r}" for f in fields if was[f] != ident.get(f)
   ]
   if diff:
     what = "resume training from" if resume else "load"
