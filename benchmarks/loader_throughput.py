@@ -57,6 +57,18 @@ def train_rows_per_second(processed: str, batch: int, steps: int = 30, windows: 
   return statistics.median(rates)
 
 
+class FullPermutationLoader(BatchLoader):
+  """The previous order, for comparison: an int64 permutation of every row, per epoch."""
+
+  _full: tuple[int, np.ndarray] | None = None
+
+  def _epoch_rows(self, epoch: int, lo: int, hi: int) -> np.ndarray:
+    if self._full is None or self._full[0] != epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._full = (epoch, rng.permutation(self.arrays.num_rows))
+    return self._full[1][lo:hi]
+
+
 def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -75,18 +87,18 @@ def simulated_split(rows: int) -> SplitArrays:
 def simulated_peak(rows: int, batch: int, steps: int) -> None:
   """Peak RSS before and after shuffled batches spread over an epoch of `rows` rows."""
   loader = BatchLoader(simulated_split(rows), batch, shuffle=True, seed=0)
-  loader.get_batch(0)  # allocations every batch makes (and the code paths) once
+  loader.get_batch(0)  # the allocations every batch makes (and the code paths), once
   before = peak_rss_mib()
-  per_epoch = loader.batches_per_epoch
-  picks = np.linspace(0, 2 * per_epoch - 1, steps).astype(np.int64)  # across two epochs
+  first = loader.batches_per_epoch - steps // 2  # consecutive steps across an epoch's end
   start = time.perf_counter()
-  for step in picks:
-    loader.get_batch(int(step))
+  for step in range(first, first + steps):
+    loader.get_batch(step)
   sec = time.perf_counter() - start
   after = peak_rss_mib()
   print(
     f"simulated {rows:,} rows, batch {batch}: peak RSS {before:,.0f} MiB before, {after:,.0f} MiB "
-    f"after {steps} shuffled batches over 2 epochs (+{after - before:,.1f} MiB; "
+    f"after {steps} consecutive shuffled batches across an epoch's end "
+    f"(+{after - before:,.1f} MiB; "
     f"{steps * batch / sec:,.0f} rows/s); an int64 permutation of the rows alone would be "
     f"{rows * 8 / 2**30:,.1f} GiB"
   )
@@ -127,15 +139,22 @@ def main() -> None:
       arrays = open_split(processed, "train", in_memory=in_memory)
       for batch in (128, 2048):
         loader = BatchLoader(arrays, batch, shuffle=True, seed=0)
+        full = FullPermutationLoader(arrays, batch, shuffle=True, seed=0)
         loader.get_batch(0)
+        full.get_batch(0)
         budget = min(arrays.num_rows, 500_000)
-        rates = [rows_per_second(loader, budget) for _ in range(args.repeats)]
+        rates, full_rates = [], []
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+          rates.append(rows_per_second(loader, budget))
+          full_rates.append(rows_per_second(full, budget))
         where = "in RAM" if in_memory else "memmap"
         if in_memory:
           medians[batch] = statistics.median(rates)
         print(
           f"batch {batch:5d} {where}: median {statistics.median(rates):12,.0f} rows/s "
-          f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {args.repeats} passes)"
+          f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {args.repeats} passes); "
+          f"{statistics.median(rates) / statistics.median(full_rates):.2f}x a loader holding a "
+          f"full permutation ({statistics.median(full_rates):,.0f} rows/s)"
         )
     if not args.no_train:
       for batch, loader_rate in medians.items():

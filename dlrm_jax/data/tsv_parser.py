@@ -238,17 +238,17 @@ _PLAIN = b"0123456789abcdefABCDEF-\t\n"
 
 def plain_bytes(buf: bytes | bytearray | memoryview) -> bool:
   """True if buf holds only hex digits, '-', tabs, newlines and CRLF line ends."""
-  data = bytes(buf) if isinstance(buf, memoryview) else buf
+  data = bytes(buf) if isinstance(buf, memoryview) else buf  # translate needs bytes(-like)
   if data.translate(None, _PLAIN) == b"":
     return True
   return data.count(b"\r") == data.count(b"\r\n") and not data.translate(None, _PLAIN + b"\r")
 
 
-def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[memoryview, bool]]:
+def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[bytearray | bytes, bool]]:
   """Yield (byte range, unterminated) of consecutive whole lines of a file (gzip or not).
 
-  Each range is a view of a fresh buffer filled by readinto, so only the
-  partial last line is ever copied. A last line without a line break gets
+  Each range is a fresh buffer filled by readinto and cut at its last line break, so only
+  the partial last line is ever copied. A last line without a line break gets
   one appended and unterminated=True.
   """
   carry = b""
@@ -265,9 +265,10 @@ def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[memoryview, 
         carry = bytes(buf[:end])
         continue
       carry = bytes(buf[cut:end])
-      yield memoryview(buf)[:cut], False
+      del buf[cut:]  # shrinks in place: no copy of the chunk
+      yield buf, False
   if carry:
-    yield memoryview(carry + b"\n"), True
+    yield carry + b"\n", True
 
 
 @dataclasses.dataclass(frozen=True)
