@@ -149,14 +149,14 @@ def check_data_matches_model(config: Config, processed: str, metadata: dict[str,
   names = list(metadata["sparse_names"])
   if len(sizes) != len(names):
     raise ConfigError(f"{processed}: {len(sizes)} table sizes for {len(names)} sparse features")
-  vocabs = store.load_vocab(processed, names)
+  values = store.vocab_sizes(processed, names)
   reserved = 1 if config.vocabulary == "train" else 0
   bound = config.max_ind_range + reserved if config.max_ind_range else None
-  for name, size, vocab in zip(names, sizes, vocabs, strict=True):
-    if size != vocab.size + reserved:
+  for name, size, count in zip(names, sizes, values, strict=True):
+    if size != count + reserved:
       raise ConfigError(
         f"{processed}: table {name} has {size} rows in metadata.json but its vocabulary has "
-        f"{vocab.size} values (+{reserved}): the directory is damaged; delete it to rebuild"
+        f"{count} values (+{reserved}): the directory is damaged; delete it to rebuild"
       )
     if bound is not None and size > bound:
       raise ConfigError(

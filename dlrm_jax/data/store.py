@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -172,6 +173,21 @@ def finish_outputs(
     "bad_rows_summary": report.summary(),
     **extra,
   }
+
+
+def vocab_sizes(processed_dir: str, names: Sequence[str]) -> list[int]:
+  """Number of values of each saved vocabulary, read from the .npy headers only."""
+  sizes = []
+  with zipfile.ZipFile(os.path.join(processed_dir, VOCAB_FILE)) as z:
+    for name in names:
+      with z.open(f"{name}.npy") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = (
+          np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        )
+        shape, _, _ = read_header(f)
+      sizes.append(int(shape[0]))
+  return sizes
 
 
 @dataclasses.dataclass(frozen=True)
