@@ -50,7 +50,7 @@ JUNK = [
   b"0" * 5000 + b"12",
 ]
 SETTINGS = settings(
-  max_examples=15,
+  max_examples=10,
   deadline=None,
   derandomize=True,
   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
