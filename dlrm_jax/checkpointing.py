@@ -60,7 +60,11 @@ TRAINING_FIELDS = (
   "synthetic_seed",
   "max_ind_range",
   "min_frequency",
+  "data_sub_sample_rate",
+  "vocabulary",
 )
+# Fields that have no effect unless --dataset=synthetic: never a reason to refuse another dataset.
+SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed")
 
 # Not a flag: the Adagrad formula. Checkpoints from before the reference's
 # convention lack the field and were trained with eps inside the root.
@@ -73,6 +77,8 @@ ADDED_FIELDS = {
   "lr_decay_start_step": 0,
   "lr_decay_steps": 0,
   "lr_decay_power": 2.0,
+  "data_sub_sample_rate": 0.0,
+  "vocabulary": "train",
 }
 
 
@@ -99,6 +105,8 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
   fields = MODEL_FIELDS + (TRAINING_FIELDS if resume else ())
   if ident.get("optimizer") == "sgd" == saved.get("optimizer"):
     fields = tuple(f for f in fields if f not in ADAGRAD_FIELDS)  # SGD never reads them
+  if ident.get("dataset") != "synthetic":
+    fields = tuple(f for f in fields if f not in SYNTHETIC_FIELDS)
   diff = [
     f"{f}: checkpoint {saved.get(f, ADDED_FIELDS.get(f))!r}, now {ident.get(f)!r}"
     for f in fields

@@ -39,7 +39,7 @@ def test_tiny_run_leaves_config_and_metrics(tmp_path):
     "best_possible_auc",
   }
   # Every test row is scored exactly once (the last batch is padded and masked).
-  processed = next((tmp_path / "data").glob("synthetic_*/processed"))
+  processed = next((tmp_path / "data").glob("synthetic_*/processed_*"))
   metadata = json.loads((processed / "metadata.json").read_text())
   assert test["num_examples"] == metadata["num_rows"]["test"] == 1429  # 20000 // 7 + 1, halved
   assert 0.5 < test["auc"] <= 1.0

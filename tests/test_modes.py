@@ -56,7 +56,7 @@ def test_predict_then_export_round_trip(trained, tmp_path):
   assert {"dlrm_loader.py", "function.jax_exported", "weights.npz", "signature.json"} <= set(
     os.listdir(out)
   )
-  processed = next(Path(data).glob("synthetic_*/processed"))
+  processed = next(Path(data).glob("synthetic_*/processed_*"))
   dense, sparse = (str(next(processed.glob(f"test*{f}*.npy"))) for f in ("dense", "sparse"))
   # Scored in a fresh interpreter that can import only the export directory.
   script = (
