@@ -26,7 +26,7 @@ from dlrm_jax.faults import CheckpointError, CheckpointMismatch
 from dlrm_jax.planner import EmbeddingLayout
 from dlrm_jax.train_state import TrainState, state_shardings
 
-FORMAT = "dlrm_jax/checkpoint/1"
+FORMAT = "dlrm_jax/checkpoint/2"  # 2: fused buffers as trained + the layout; 1: logical tables
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
 PROTECTED_FILE = "protected_checkpoints.json"
@@ -96,8 +96,18 @@ def _sds(x, sharding) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
-def saved_abstract(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh) -> dict:
-  """The saved tree's shapes with ``mesh``'s shardings: the restore target."""
+def layout_meta(layout: EmbeddingLayout, abstract_state: TrainState) -> dict[str, Any]:
+  """What a restore needs to read the saved buffers: the layout, dtype and slot shapes."""
+  slots = next((s for s in abstract_state.slots.values() if s), {})
+  buf = next(iter(abstract_state.tables.values()))
+  return {
+    "layout": table_io.layout_to_json(layout),
+    "dtype": str(buf.dtype),
+    "slots": {k: [list(v.shape[1:]), str(v.dtype)] for k, v in slots.items()},
+  }
+
+
+def _dense_abstract(abstract_state: TrainState, mesh: Mesh) -> dict:
   shardings = state_shardings(mesh, abstract_state)
   rep = NamedSharding(mesh, P())
   return {
@@ -107,32 +117,44 @@ def saved_abstract(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Me
     "opt_state": flax.serialization.to_state_dict(
       jax.tree.map(_sds, abstract_state.opt_state, shardings.opt_state)
     ),
-    **table_io.logical_abstract(layout, abstract_state, mesh),
   }
 
 
-def make_snapshot(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh, seed: int):
-  """Jitted ``state -> (tree to save, all finite?)``.
+def _nonempty(slots: dict) -> dict:
+  return {name: dict(s) for name, s in slots.items() if s}
 
-  The tree holds fresh copies, so the next (donating) train step cannot free
-  arrays an asynchronous save is still reading.
+
+def make_snapshot(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh, seed: int):
+  """``state -> (tree to save, all finite?)``; the tree holds the state's own buffers.
+
+  No table is copied or resharded: Orbax writes each device's shard of the
+  fused buffers as it lies, and ``CheckpointStore.save`` returns only once
+  every shard has reached host memory (Orbax's synchronous device-to-host
+  phase), so the next donating train step may reuse the device buffers.
+  Only the check for non-finite values runs on the devices (a reduction).
   """
-  target = saved_abstract(layout, abstract_state, mesh)
-  out_shardings = (jax.tree.map(lambda s: s.sharding, target), NamedSharding(mesh, P()))
+  rep = NamedSharding(mesh, P())
+
+  def check(state: TrainState):
+    floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
+    return jax.random.key_data(jax.random.key(seed)), finite
+
+  check = jax.jit(check, out_shardings=(rep, rep))
 
   def snapshot(state: TrainState):
+    rng, finite = check(state)
     tree = {
-      "step": jnp.copy(state.step),
-      "rng": jax.random.key_data(jax.random.key(seed)),
-      "params": jax.tree.map(jnp.copy, state.params),
-      "opt_state": flax.serialization.to_state_dict(jax.tree.map(jnp.copy, state.opt_state)),
-      **table_io.extract_all(layout, state.tables, state.slots),
+      "step": state.step,
+      "rng": rng,
+      "params": state.params,
+      "opt_state": flax.serialization.to_state_dict(state.opt_state),
+      "buffers": dict(state.tables),
+      "slots": _nonempty(state.slots),
     }
-    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
     return tree, finite
 
-  return jax.jit(snapshot, out_shardings=out_shardings)
+  return snapshot
 
 
 def _is_chief() -> bool:
@@ -211,8 +233,14 @@ class CheckpointStore:
 
   def read_meta(self, step: int) -> dict[str, Any]:
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith(FORMAT[:-1]):
       raise CheckpointError(f"{self.step_path(step)}: not a dlrm_jax checkpoint")
+    if meta["format"] != FORMAT:
+      raise CheckpointMismatch(
+        f"{self.step_path(step)} was written in checkpoint format {meta['format']}; this "
+        f"version reads {FORMAT}. Restore it with the dlrm_jax that wrote it, or use a new "
+        f"--workdir."
+      )
     return meta
 
   def best_step(self) -> int | None:
@@ -258,7 +286,19 @@ class CheckpointStore:
     check_compatible(meta, ident, path, resume=resume)
     if not meta.get("finite", False):
       raise CheckpointError(f"{path}: marked as holding non-finite values")
-    target = saved_abstract(layout, abstract_state, mesh)
+    saved = table_io.layout_from_json(meta["layout"]["layout"])
+    same = saved == layout
+    if same:  # resuming on the same plan: every device reads its own shards back
+      shardings = state_shardings(mesh, abstract_state)
+      buffers = {
+        "buffers": jax.tree.map(_sds, abstract_state.tables, shardings.tables),
+        "slots": _nonempty(jax.tree.map(_sds, abstract_state.slots, shardings.slots)),
+      }
+    else:  # readable on this mesh, then re-laid out table by table (table_io.rebuild)
+      tails = {k: (tuple(t), jnp.dtype(d)) for k, (t, d) in meta["layout"]["slots"].items()}
+      buffers = table_io.buffers_abstract(saved, tails, jnp.dtype(meta["layout"]["dtype"]), mesh)
+      buffers["slots"] = _nonempty(buffers["slots"])
+    target = {**_dense_abstract(abstract_state, mesh), **buffers}
     tree = self.manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
     )["state"]
@@ -268,9 +308,13 @@ class CheckpointStore:
     if not all(bool(jnp.all(jnp.isfinite(x))) for x in floats):
       raise CheckpointError(f"{path}: restored values are not finite (damaged)")
     opt_state = flax.serialization.from_state_dict(abstract_state.opt_state, tree["opt_state"])
-    tables, slots = table_io.from_logical(
-      layout, {"tables": tree["tables"], "slots": tree["slots"]}, abstract_state, mesh
-    )
+    if same:
+      tables = tree["buffers"]
+      slots = {name: tree["slots"].get(name, {}) for name in abstract_state.slots}
+    else:
+      tables, slots = table_io.rebuild(
+        saved, {"buffers": tree["buffers"], "slots": tree["slots"]}, layout, abstract_state, mesh
+      )
     state = TrainState(
       step=tree["step"], params=tree["params"], opt_state=opt_state, tables=tables, slots=slots
     )

@@ -44,10 +44,17 @@ def batch(seed):
 
 def logical_arrays(c, state):
   abstract = jax.eval_shape(lambda s: s, state)
-  tree, finite = checkpointing.make_snapshot(c.layout, abstract, c.mesh, 0)(state)
+  _, finite = checkpointing.make_snapshot(c.layout, abstract, c.mesh, 0)(state)
   assert bool(finite)
-  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {jax.tree_util.keystr(k): np.asarray(jax.device_get(v)) for k, v in flat}
+  out = {
+    f"{kind}/{p.spec.name}": table_io.logical_table(c.layout, buffers, i)
+    for i, p in enumerate(c.layout.placements)
+    for kind, buffers in [("table", state.tables)]
+    + [(k, {n: s[k] for n, s in state.slots.items()}) for k in next(iter(state.slots.values()))]
+  }
+  flat, _ = jax.tree_util.tree_flatten_with_path((state.params, state.opt_state, state.step))
+  out.update({jax.tree_util.keystr(k): np.asarray(jax.device_get(v)) for k, v in flat})
+  return out
 
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
@@ -69,7 +76,15 @@ def test_restore_onto_other_mesh_and_plan(tmp_path, optimizer):
   store = checkpointing.CheckpointStore(str(tmp_path), keep=2)
   tree, _ = checkpointing.make_snapshot(src.layout, abstract, src.mesh, 0)(state)
   store.save(
-    3, tree, {"format": checkpointing.FORMAT, "step": 3, "identity": ident, "finite": True}
+    3,
+    tree,
+    {
+      "format": checkpointing.FORMAT,
+      "step": 3,
+      "identity": ident,
+      "finite": True,
+      "layout": checkpointing.layout_meta(src.layout, abstract),
+    },
   )
   store.wait()
   store.close()
