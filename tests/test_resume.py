@@ -154,8 +154,9 @@ def test_other_configuration_is_refused_listing_fields(tmp_path, data, reference
   assert sorted(os.listdir(work / "checkpoints")) == sorted(os.listdir(reference / "checkpoints"))
 
 
-def test_target_auc_stops_at_the_first_validation_reaching_it_and_a_rerun_only_evaluates(tmp_path):
-  data = tmp_path / "data"
+def test_target_auc_stops_at_the_first_validation_reaching_it_and_a_rerun_only_evaluates(
+  tmp_path, data
+):
   flags = ("--max_steps=30", "--eval_every_steps=10", "--checkpoint_every_steps=0")
   free = tmp_path / "free"
   proc = run_main(free, data, *flags, timeout=240)
