@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -20,8 +21,12 @@ def read_checkpoint(step_dir) -> tuple[dict, dict[str, np.ndarray]]:
   """(Flax params as nested NumPy dicts, {table name: f64[rows, dim]}) of one checkpoint."""
   with open(os.path.join(step_dir, "meta", "metadata")) as f:
     meta = json.load(f)
-  with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.restore(os.path.join(step_dir, "state"))
+  path = os.path.join(step_dir, "state")
+  # Every array as NumPy, whatever devices or processes wrote it.
+  with ocp.PyTreeCheckpointer() as ckptr:
+    shapes = ckptr.metadata(path).item_metadata.tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), shapes)
+    tree = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
   layout = meta["layout"]["layout"]
   r = layout["rows_per_shard"]
   tables = {}

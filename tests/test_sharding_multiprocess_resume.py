@@ -14,7 +14,7 @@ import numpy as np
 from main_runner import main_command, main_env, run_main
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 24
+STEPS = 12
 # Tables split every way across both processes: row-wise and column-wise shards live on
 # devices of both processes, so each process writes (and later reads) part of every table.
 FLAGS = (
