@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Fake CPU devices must be requested before jax is imported.
 _devices = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "8")
@@ -39,7 +42,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from dlrm_jax import checkpointing, table_io  # noqa: E402
 from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, SPARSE_NAMES  # noqa: E402
-from dlrm_jax.mesh import MODEL_AXIS, make_mesh, model_size  # noqa: E402
+from dlrm_jax.mesh import make_mesh, model_size  # noqa: E402
 from dlrm_jax.model import DenseModel  # noqa: E402
 from dlrm_jax.planner import format_bytes, plan_layout  # noqa: E402
 from dlrm_jax.sparse_optim import SparseOptimizer  # noqa: E402
@@ -56,14 +59,19 @@ BOTTOM, TOP = (512, 256, 64, 16), (512, 256, 1)
 
 
 def device_bytes() -> int:
-  """Bytes of every live jax array on every device (replicas counted on each)."""
-  total = 0
+  """Bytes of the distinct device buffers behind every live jax array.
+
+  Views of one buffer (a shard's ``.data``, as Orbax takes them) count once;
+  replicas count on each device.
+  """
+  seen = {}
   for x in jax.live_arrays():
     try:
-      total += sum(s.data.nbytes for s in x.addressable_shards)
+      for s in x.addressable_shards:
+        seen[(s.device.id, s.data.unsafe_buffer_pointer())] = s.data.nbytes
     except Exception:  # deleted while we looked
       pass
-  return total
+  return sum(seen.values())
 
 
 def rss_bytes(field: str = "VmRSS") -> int:
@@ -106,10 +114,8 @@ def old_snapshot(layout, abstract, mesh):
   m = layout.model_size
   rep = NamedSharding(mesh, P())
 
-  def spec(x):
-    if x.shape[0] % m == 0:
-      return NamedSharding(mesh, P(MODEL_AXIS, *([None] * (x.ndim - 1))))
-    return rep
+  def spec(x):  # format 1 spread each logical table over the model axis
+    return NamedSharding(mesh, table_io.logical_spec(x.shape, m)) if x.ndim else rep
 
   def snap(state):
     return {
@@ -120,7 +126,10 @@ def old_snapshot(layout, abstract, mesh):
     }
 
   out = jax.eval_shape(snap, abstract)
-  return jax.jit(snap, out_shardings=jax.tree.map(spec, out))
+  shardings = jax.tree.map(spec, out)
+  shardings["params"] = jax.tree.map(lambda _: rep, out["params"])
+  shardings["opt_state"] = jax.tree.map(lambda _: rep, out["opt_state"])
+  return jax.jit(snap, out_shardings=shardings)
 
 
 def measure(name, snapshot, state, meta, root, state_dev):
@@ -172,8 +181,8 @@ def main(argv):
   old = old_snapshot(layout, abstract, mesh)
   temp = old.lower(abstract).compile().memory_analysis()
   print(
-    f"format 1 snapshot: compiled temporaries {format_bytes(temp.temp_size_in_bytes)}, "
-    f"outputs {format_bytes(temp.output_size_in_bytes)}"
+    f"format 1 snapshot, per device: compiled temporaries "
+    f"{format_bytes(temp.temp_size_in_bytes)}, outputs {format_bytes(temp.output_size_in_bytes)}"
   )
   meta = {
     "format": checkpointing.FORMAT,
