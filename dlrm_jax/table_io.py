@@ -179,11 +179,15 @@ def layout_to_json(layout: EmbeddingLayout) -> dict[str, Any]:
 
 
 def layout_from_json(d: dict[str, Any]) -> EmbeddingLayout:
-  """The inverse of ``layout_to_json``."""
+  """The inverse of ``layout_to_json`` (JSON lists back to the tuples of frozen dataclasses)."""
+
+  def fields(x: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}
+
   placements = tuple(
-    TablePlacement(**{**p, "spec": TableSpec(**p["spec"])}) for p in d["placements"]
+    TablePlacement(**{**fields(p), "spec": TableSpec(**fields(p["spec"]))}) for p in d["placements"]
   )
-  return EmbeddingLayout(**{**d, "placements": placements})
+  return EmbeddingLayout(**{**fields(d), "placements": placements})
 
 
 def buffers_abstract(

@@ -115,3 +115,39 @@ def test_logical_spec_spreads_tables_over_model_axis():
   assert table_io.logical_spec((40, 8), 8) == jax.sharding.PartitionSpec("model", None)
   assert table_io.logical_spec((7, 8), 4) == jax.sharding.PartitionSpec(None, "model")
   assert table_io.logical_spec((7, 6), 4) == jax.sharding.PartitionSpec()
+
+
+def test_checkpoint_of_the_previous_format_is_refused_not_set_aside(tmp_path):
+  c = components(1, "table", "sgd")
+  abstract = abstract_train_state(c)
+  state = create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, jax.random.key(0))
+  tree, _ = checkpointing.make_snapshot(c.layout, abstract, c.mesh, 0)(state)
+  ident = checkpointing.identity(c.config, NAMES, SIZES)
+  store = checkpointing.CheckpointStore(str(tmp_path))
+  store.save(1, tree, {"format": "dlrm_jax/checkpoint/1", "step": 1, "identity": ident})
+  store.wait()
+  with pytest.raises(checkpointing.CheckpointMismatch, match="format dlrm_jax/checkpoint/1"):
+    store.restore_latest_good(c.layout, abstract, c.mesh, ident)
+  store.close()
+  assert (tmp_path / "checkpoints" / "1").is_dir()  # kept in place for the version that reads it
+
+
+@pytest.mark.parametrize("plan", ["table", "row"])
+def test_save_takes_the_state_buffers_as_they_lie(plan):
+  """No second device copy and no resharding: the saved tree holds the state's own buffers."""
+  c = components(8, plan, "adagrad")
+  abstract = abstract_train_state(c)
+  state = create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, jax.random.key(0))
+  tree, finite = checkpointing.make_snapshot(c.layout, abstract, c.mesh, 0)(state)
+  assert bool(finite)
+
+  def pointers(x):
+    return [(s.device.id, s.data.unsafe_buffer_pointer()) for s in x.addressable_shards]
+
+  for name, buf in state.tables.items():
+    assert pointers(tree["buffers"][name]) == pointers(buf)
+    for k, slot in state.slots[name].items():
+      assert pointers(tree["slots"][name][k]) == pointers(slot)
+  tables = sum(x.nbytes for x in jax.tree.leaves((state.tables, state.slots)))
+  saved = sum(x.nbytes for x in jax.tree.leaves((tree["buffers"], tree["slots"])))
+  assert saved == tables  # the padded fused buffers, nothing cut out or added
