@@ -1,4 +1,4 @@
-"""Orbax checkpoints of logical tables: save, verify, restore on any mesh, skip damaged ones."""
+"""Orbax checkpoint store: save, keep, verify, restore on any mesh or plan, set damage aside."""
 
 from __future__ import annotations
 
@@ -9,22 +9,22 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers as policies
 
-from dlrm_jax import table_io
+from dlrm_jax import checkpoint_tree
+from dlrm_jax.checkpoint_tree import layout_meta as layout_meta
+from dlrm_jax.checkpoint_tree import make_snapshot as make_snapshot
 from dlrm_jax.config import Config
 from dlrm_jax.faults import CheckpointError, CheckpointMismatch
 from dlrm_jax.planner import EmbeddingLayout
-from dlrm_jax.train_state import TrainState, state_shardings
+from dlrm_jax.train_state import TrainState
 
 FORMAT = "dlrm_jax/checkpoint/2"  # 2: fused buffers as trained + the layout; 1: logical tables
 CHECKPOINT_DIR = "checkpoints"
@@ -90,71 +90,6 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
       + "\n  ".join(diff)
       + "\nUse the flags it was saved with, or a new --workdir."
     )
-
-
-def _sds(x, sharding) -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-
-def layout_meta(layout: EmbeddingLayout, abstract_state: TrainState) -> dict[str, Any]:
-  """What a restore needs to read the saved buffers: the layout, dtype and slot shapes."""
-  slots = next((s for s in abstract_state.slots.values() if s), {})
-  buf = next(iter(abstract_state.tables.values()))
-  return {
-    "layout": table_io.layout_to_json(layout),
-    "dtype": str(buf.dtype),
-    "slots": {k: [list(v.shape[1:]), str(v.dtype)] for k, v in slots.items()},
-  }
-
-
-def _dense_abstract(abstract_state: TrainState, mesh: Mesh) -> dict:
-  shardings = state_shardings(mesh, abstract_state)
-  rep = NamedSharding(mesh, P())
-  return {
-    "step": _sds(abstract_state.step, rep),
-    "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
-    "params": jax.tree.map(_sds, abstract_state.params, shardings.params),
-    "opt_state": flax.serialization.to_state_dict(
-      jax.tree.map(_sds, abstract_state.opt_state, shardings.opt_state)
-    ),
-  }
-
-
-def _nonempty(slots: dict) -> dict:
-  return {name: dict(s) for name, s in slots.items() if s}
-
-
-def make_snapshot(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh, seed: int):
-  """``state -> (tree to save, all finite?)``; the tree holds the state's own buffers.
-
-  No table is copied or resharded: Orbax writes each device's shard of the
-  fused buffers as it lies, and ``CheckpointStore.save`` returns only once
-  every shard has reached host memory (Orbax's synchronous device-to-host
-  phase), so the next donating train step may reuse the device buffers.
-  Only the check for non-finite values runs on the devices (a reduction).
-  """
-  rep = NamedSharding(mesh, P())
-
-  def check(state: TrainState):
-    floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
-    return jax.random.key_data(jax.random.key(seed)), finite
-
-  check = jax.jit(check, out_shardings=(rep, rep))
-
-  def snapshot(state: TrainState):
-    rng, finite = check(state)
-    tree = {
-      "step": state.step,
-      "rng": rng,
-      "params": state.params,
-      "opt_state": flax.serialization.to_state_dict(state.opt_state),
-      "buffers": dict(state.tables),
-      "slots": _nonempty(state.slots),
-    }
-    return tree, finite
-
-  return snapshot
 
 
 def _is_chief() -> bool:
@@ -286,19 +221,7 @@ class CheckpointStore:
     check_compatible(meta, ident, path, resume=resume)
     if not meta.get("finite", False):
       raise CheckpointError(f"{path}: marked as holding non-finite values")
-    saved = table_io.layout_from_json(meta["layout"]["layout"])
-    same = saved == layout
-    if same:  # resuming on the same plan: every device reads its own shards back
-      shardings = state_shardings(mesh, abstract_state)
-      buffers = {
-        "buffers": jax.tree.map(_sds, abstract_state.tables, shardings.tables),
-        "slots": _nonempty(jax.tree.map(_sds, abstract_state.slots, shardings.slots)),
-      }
-    else:  # readable on this mesh, then re-laid out table by table (table_io.rebuild)
-      tails = {k: (tuple(t), jnp.dtype(d)) for k, (t, d) in meta["layout"]["slots"].items()}
-      buffers = table_io.buffers_abstract(saved, tails, jnp.dtype(meta["layout"]["dtype"]), mesh)
-      buffers["slots"] = _nonempty(buffers["slots"])
-    target = {**_dense_abstract(abstract_state, mesh), **buffers}
+    target, saved = checkpoint_tree.restore_target(meta, layout, abstract_state, mesh)
     tree = self.manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
     )["state"]
@@ -307,17 +230,7 @@ class CheckpointStore:
     floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     if not all(bool(jnp.all(jnp.isfinite(x))) for x in floats):
       raise CheckpointError(f"{path}: restored values are not finite (damaged)")
-    opt_state = flax.serialization.from_state_dict(abstract_state.opt_state, tree["opt_state"])
-    if same:
-      tables = tree["buffers"]
-      slots = {name: tree["slots"].get(name, {}) for name in abstract_state.slots}
-    else:
-      tables, slots = table_io.rebuild(
-        saved, {"buffers": tree["buffers"], "slots": tree["slots"]}, layout, abstract_state, mesh
-      )
-    state = TrainState(
-      step=tree["step"], params=tree["params"], opt_state=opt_state, tables=tables, slots=slots
-    )
+    state = checkpoint_tree.to_state(tree, saved, layout, abstract_state, mesh)
     return Restored(step, state, meta, path)
 
   def _set_aside(self, step: int, error: Exception) -> None:

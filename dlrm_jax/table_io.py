@@ -131,17 +131,6 @@ def _insert_fn(layout: EmbeddingLayout, p: TablePlacement, sharding: NamedShardi
   return jax.jit(functools.partial(_insert, layout, p), out_shardings=sharding, donate_argnums=(0,))
 
 
-def from_logical(
-  layout: EmbeddingLayout, logical: Logical, abstract_state: TrainState, mesh: Mesh
-) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
-  """Builds the fused buffers (and slots) of ``layout`` from per-table arrays."""
-
-  def piece(name: str, slot: str | None) -> jax.Array:
-    return logical["tables"][name] if slot is None else logical["slots"][name][slot]
-
-  return _fill_all(layout, piece, abstract_state, mesh)
-
-
 def _fill_all(
   layout: EmbeddingLayout,
   piece: Callable[[str, str | None], jax.Array],
