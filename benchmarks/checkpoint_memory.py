@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Fake CPU devices must be requested before jax is imported.
 _devices = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "8")

@@ -5,6 +5,7 @@ import json
 import main_runner
 import numpy as np
 import pytest
+from tensorboard_testlib import assert_events_match_metrics
 
 
 def run_main(tmp_path, *args, timeout=240):
@@ -54,6 +55,13 @@ def test_tiny_run_leaves_config_and_metrics(tmp_path):
   rate = np.load(processed / "train_label.npy").mean()
   constant = -np.mean(labels * np.log(rate) + (1 - labels) * np.log(1 - rate))
   assert test["logloss"] < constant, (test["logloss"], constant)
+  # TensorBoard holds the same numbers; the plot and the closing summary are there.
+  scalars = assert_events_match_metrics(work)
+  assert {"train/loss", "train/samples_per_sec", "validation/auc", "test/logloss"} <= set(scalars)
+  assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  summary = proc.stdout[proc.stdout.index("finished 40 steps") :]
+  assert f"TensorBoard: tensorboard --logdir {work}/tensorboard" in summary
+  assert f"curves:      {work}/curves.png" in summary and "time: " in summary
 
 
 @pytest.mark.parametrize(
