@@ -181,13 +181,13 @@ def test_target_auc_stops_at_the_first_validation_reaching_it_and_a_rerun_only_e
   assert steps(work) == [10, 20]
   meta = json.loads((work / "checkpoints" / "20" / "meta" / "metadata").read_text())
   assert meta["target_reached"] is True
-  test_line = proc.stdout.splitlines()[-2]
-  assert test_line.startswith("test AUC")
+  final = lambda out: next(x for x in out.splitlines() if x.startswith("test AUC"))
+  test_line = final(proc.stdout)
 
   # The same command again: no training, the same final metrics.
   again = run_main(work, data, *flags, f"--target_auc={target}", timeout=240)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "was reached at step 20" in again.stderr + again.stdout
-  assert again.stdout.splitlines()[-2] == test_line
+  assert final(again.stdout) == test_line
   assert metrics(work) == first  # no new training line, no new evaluation
   assert steps(work) == [10, 20]
