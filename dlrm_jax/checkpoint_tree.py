@@ -85,15 +85,24 @@ def make_snapshot(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mes
   return snapshot
 
 
+LOGICAL = "logical"  # format 1: every table saved as its own array
+
+
 def restore_target(
   meta: dict[str, Any], layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh
-) -> tuple[dict, EmbeddingLayout | None]:
-  """(abstract tree to restore onto ``mesh``, the saved layout if it differs from ``layout``).
+) -> tuple[dict, EmbeddingLayout | str | None]:
+  """(abstract tree to restore onto ``mesh``, how its tables are laid out).
 
-  On the same layout every device reads its own shards back into the training
-  shardings; otherwise the saved buffers are read spread over ``mesh``'s model
-  axis, to be re-laid out table by table (``to_state``).
+  The second item is None on the same layout: every device reads its own shards
+  back into the training shardings. Otherwise it is the saved layout, whose
+  buffers are read spread over ``mesh``'s model axis, to be re-laid out table by
+  table (``to_state``), or LOGICAL for a format-1 checkpoint of per-table arrays.
   """
+  if meta["format"].endswith("/1"):
+    return {
+      **_dense_abstract(abstract_state, mesh),
+      **table_io.logical_abstract(layout, abstract_state, mesh),
+    }, LOGICAL
   saved = table_io.layout_from_json(meta["layout"]["layout"])
   if saved == layout:
     shardings = state_shardings(mesh, abstract_state)
@@ -111,14 +120,21 @@ def restore_target(
 
 def to_state(
   tree: dict,
-  saved: EmbeddingLayout | None,
+  saved: EmbeddingLayout | str | None,
   layout: EmbeddingLayout,
   abstract_state: TrainState,
   mesh: Mesh,
 ) -> TrainState:
-  """The TrainState of a restored tree (``saved``: its layout, None if it is ``layout``)."""
+  """The TrainState of a restored tree (``saved`` as ``restore_target`` returned it)."""
   opt_state = flax.serialization.from_state_dict(abstract_state.opt_state, tree["opt_state"])
-  if saved is None:
+  if saved == LOGICAL:
+    tables, slots = table_io.fill_buffers(
+      layout,
+      lambda name, slot: tree["tables"][name] if slot is None else tree["slots"][name][slot],
+      abstract_state,
+      mesh,
+    )
+  elif saved is None:
     tables = tree["buffers"]
     slots = {name: tree["slots"].get(name, {}) for name in abstract_state.slots}
   else:

@@ -27,6 +27,7 @@ from dlrm_jax.planner import EmbeddingLayout
 from dlrm_jax.train_state import TrainState
 
 FORMAT = "dlrm_jax/checkpoint/2"  # 2: fused buffers as trained + the layout; 1: logical tables
+READABLE_FORMATS = (FORMAT, "dlrm_jax/checkpoint/1")
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
 PROTECTED_FILE = "protected_checkpoints.json"
@@ -197,11 +198,11 @@ class CheckpointStore:
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith(FORMAT[:-1]):
       raise CheckpointError(f"{self.step_path(step)}: not a dlrm_jax checkpoint")
-    if meta["format"] != FORMAT:
+    if meta["format"] not in READABLE_FORMATS:
       raise CheckpointMismatch(
         f"{self.step_path(step)} was written in checkpoint format {meta['format']}; this "
-        f"version reads {FORMAT}. Restore it with the dlrm_jax that wrote it, or use a new "
-        f"--workdir."
+        f"version reads {', '.join(READABLE_FORMATS)}. Restore it with the dlrm_jax that "
+        f"wrote it, or use a new --workdir."
       )
     return meta
 

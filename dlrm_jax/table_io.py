@@ -45,6 +45,22 @@ def logical_spec(shape: tuple[int, ...], model_size: int) -> P:
   return P()
 
 
+def logical_abstract(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh) -> Logical:
+  """ShapeDtypeStructs of per-table arrays (checkpoint format 1), spread over ``mesh``."""
+  m = layout.model_size
+
+  def sds(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, logical_spec(shape, m)))
+
+  tables, slots = {}, {}
+  for p in layout.placements:
+    tables[p.spec.name] = sds((p.spec.rows, layout.dim), abstract_state.tables[p.buffer].dtype)
+    buffer_slots = abstract_state.slots[p.buffer]
+    if buffer_slots:
+      slots[p.spec.name] = {k: sds(_slot_shape(p, v), v.dtype) for k, v in buffer_slots.items()}
+  return {"tables": tables, "slots": slots}
+
+
 def _slot_shape(p: TablePlacement, buffer_slot: jax.ShapeDtypeStruct) -> tuple[int, ...]:
   return (p.spec.rows,) + tuple(buffer_slot.shape[1:])
 
@@ -131,7 +147,7 @@ def _insert_fn(layout: EmbeddingLayout, p: TablePlacement, sharding: NamedShardi
   return jax.jit(functools.partial(_insert, layout, p), out_shardings=sharding, donate_argnums=(0,))
 
 
-def _fill_all(
+def fill_buffers(
   layout: EmbeddingLayout,
   piece: Callable[[str, str | None], jax.Array],
   abstract_state: TrainState,
@@ -227,7 +243,7 @@ def rebuild(
     shape = (p.spec.rows,) + tuple(buf.shape[1:])
     return _extract_fn(saved, p, NamedSharding(mesh, logical_spec(shape, m)))(buf)
 
-  out = _fill_all(layout, piece, abstract_state, mesh)
+  out = fill_buffers(layout, piece, abstract_state, mesh)
   for x in jax.tree.leaves(saved_buffers):
     x.delete()
   return out

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -117,19 +118,45 @@ def test_logical_spec_spreads_tables_over_model_axis():
   assert table_io.logical_spec((7, 6), 4) == jax.sharding.PartitionSpec()
 
 
-def test_checkpoint_of_the_previous_format_is_refused_not_set_aside(tmp_path):
-  c = components(1, "table", "sgd")
-  abstract = abstract_train_state(c)
-  state = create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, jax.random.key(0))
-  tree, _ = checkpointing.make_snapshot(c.layout, abstract, c.mesh, 0)(state)
-  ident = checkpointing.identity(c.config, NAMES, SIZES)
+def test_format_1_checkpoint_of_logical_tables_still_restores_and_unknown_is_refused(tmp_path):
+  src = components(8, "table", "adagrad")
+  abstract = abstract_train_state(src)
+  state = create_train_state(
+    src.model, src.layout, src.sparse_opt, src.dense_tx, src.mesh, jax.random.key(0)
+  )
+  state, _ = make_train_step(
+    src.model, src.layout, src.sparse_opt, src.dense_tx, src.mesh, abstract
+  )(state, to_global(batch(0), src.mesh))
+  # What format 1 saved: every table and slot cut out as its own array.
+  old = jax.jit(
+    lambda s: {
+      "step": s.step,
+      "rng": jax.random.key_data(jax.random.key(0)),
+      "params": s.params,
+      "opt_state": flax.serialization.to_state_dict(s.opt_state),
+      **table_io.extract_all(src.layout, s.tables, s.slots),
+    }
+  )(state)
+  ident = checkpointing.identity(src.config, NAMES, SIZES)
   store = checkpointing.CheckpointStore(str(tmp_path))
-  store.save(1, tree, {"format": "dlrm_jax/checkpoint/1", "step": 1, "identity": ident})
+  meta = {"format": "dlrm_jax/checkpoint/1", "step": 1, "identity": ident, "finite": True}
+  store.save(1, old, meta)
+  store.save(2, old, {**meta, "format": "dlrm_jax/checkpoint/9", "step": 2})
   store.wait()
-  with pytest.raises(checkpointing.CheckpointMismatch, match="format dlrm_jax/checkpoint/1"):
-    store.restore_latest_good(c.layout, abstract, c.mesh, ident)
   store.close()
-  assert (tmp_path / "checkpoints" / "1").is_dir()  # kept in place for the version that reads it
+  dst = components(4, "row", "adagrad")
+  store = checkpointing.CheckpointStore(str(tmp_path))
+  with pytest.raises(checkpointing.CheckpointMismatch, match="format dlrm_jax/checkpoint/9"):
+    store.restore_latest_good(dst.layout, abstract_train_state(dst), dst.mesh, ident)
+  assert (tmp_path / "checkpoints" / "2").is_dir()  # kept for the version that reads it
+  restored = store.restore_step(
+    1, dst.layout, abstract_train_state(dst), dst.mesh, ident, resume=True
+  )
+  store.close()
+  want, got = logical_arrays(src, state), logical_arrays(dst, restored.state)
+  assert want.keys() == got.keys()
+  for k in want:
+    assert got[k].tobytes() == want[k].tobytes(), k
 
 
 @pytest.mark.parametrize("plan", ["table", "row"])
