@@ -38,6 +38,11 @@ MODEL_FIELDS = (
   "top_mlp",
   "interaction",
   "interaction_itself",
+  "dcn_num_layers",
+  "dcn_deep_mlp",
+  "dcn_low_rank_dim",
+  "embedding_mlp",
+  "embedding_mlp_shared",
   "optimizer",
   "table_names",
   "table_sizes",
@@ -76,7 +81,8 @@ def identity(config: Config, table_names: Sequence[str], table_sizes: Sequence[i
 
 def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> None:
   """Raises CheckpointMismatch listing every differing field (model fields always)."""
-  saved = meta.get("identity", {})
+  # A field missing from an older checkpoint did not exist yet: it had its default's meaning.
+  saved = {**identity(Config(), (), ()), **meta.get("identity", {})}
   fields = MODEL_FIELDS + (TRAINING_FIELDS if resume else ())
   diff = [
     f"{f}: checkpoint {saved.get(f)!r}, now {ident.get(f)!r}"
