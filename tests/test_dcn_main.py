@@ -1,4 +1,4 @@
-"""main.py end to end with --interaction=dcn and dcnv2: parameter line, training, export."""
+"""main.py end to end with --interaction=dcn and dcnv2: parameter line, training; dcn export."""
 
 import json
 from pathlib import Path
@@ -57,6 +57,8 @@ def test_cross_models_train_count_and_export(arm, data, tmp_path):
   test = next(r for r in records if r.get("split") == "test")
   assert test["auc"] > 0.55
 
+  if arm != "dcn":
+    return  # export is the same code for every dense model; checked once
   # The exported function scores the test split to the AUC training logged.
   out = tmp_path / "export"
   _ok(run_main(work, data, *flags, "--mode=export", f"--export_dir={out}"))
