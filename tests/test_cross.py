@@ -277,3 +277,26 @@ def test_reference_depths():
   assert Config(interaction="dcnv2").resolved_dcn_num_layers == 3
   assert Config(interaction="dcnv2", dcn_num_layers=2).resolved_dcn_num_layers == 2
   assert dense_model(Config(interaction="dcn")).dcn_num_layers == 6
+
+
+def test_checkpoint_of_another_dense_model_is_refused():
+  from dlrm_jax import checkpointing
+  from dlrm_jax.faults import CheckpointMismatch
+
+  def ident(**kw):
+    return checkpointing.identity(Config(**kw), ["C1"], [10])
+
+  saved = {"identity": ident(interaction="dcnv2", dcn_low_rank_dim=64)}
+  for now, field in [
+    (ident(interaction="dcnv2"), "dcn_low_rank_dim"),
+    (ident(interaction="dcn"), "interaction"),
+    (ident(interaction="dcnv2", dcn_low_rank_dim=64, embedding_mlp=(16,)), "embedding_mlp"),
+  ]:
+    with pytest.raises(CheckpointMismatch, match=field):
+      checkpointing.check_compatible(saved, now, "ckpt", resume=False)
+  checkpointing.check_compatible(saved, saved["identity"], "ckpt", resume=False)
+  # A checkpoint from before these fields existed is the plain model.
+  old = {k: v for k, v in ident().items() if not k.startswith(("dcn_", "embedding_mlp"))}
+  checkpointing.check_compatible({"identity": old}, ident(), "ckpt", resume=False)
+  with pytest.raises(CheckpointMismatch, match="embedding_mlp"):
+    checkpointing.check_compatible({"identity": old}, ident(embedding_mlp=(16,)), "c", resume=False)
