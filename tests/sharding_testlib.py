@@ -80,6 +80,7 @@ class Sharded:
     bag_sizes=None,
     pooling="sum",
     overrides=None,
+    dense_model: DenseModel = None,
   ):
     self.mesh = mesh_lib.make_mesh(mesh_shape, jax.devices()[: int(np.prod(mesh_shape))])
     self.opt = SparseOptimizer(optimizer, LR)
@@ -92,7 +93,7 @@ class Sharded:
       overrides,
     )
     self.tx = dense_optimizer(optimizer, LR)
-    self.model = model()
+    self.model = dense_model or model()
     self.state = create_train_state(
       self.model, self.layout, self.opt, self.tx, self.mesh, jax.random.key(seed)
     )

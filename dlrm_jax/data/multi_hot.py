@@ -25,7 +25,7 @@ from dlrm_jax.data.columns import NpyAppender
 
 # Rows per block of the streamed transform (bounded memory whatever the split's size).
 CHUNK_ROWS = 1 << 18
-SYNTHETIC_VERSION = 1
+SYNTHETIC_VERSION = 2
 
 
 def sizes_tag(bag_sizes: Sequence[int]) -> str:
@@ -107,8 +107,15 @@ def prepare_synthetic_multi_hot(
     f.close()
     os.replace(f.path, store.split_file(out, split, field))
   best = {s: syn.exact_auc(probs[lo:hi], labels[lo:hi]) for s, (lo, hi) in ranges.items()}
+  # Raw values in id order (vocab[k] has id k + 1), so the directory reads like a preprocessed one.
+  store.save_vocab(out, teacher.hex_values)
   meta = {
     **expected,
+    # The default preprocessing options: the bags are drawn as ids, no raw pass applies them.
+    "max_ind_range": 0,
+    "min_frequency": 1,
+    "sub_sample_rate": 0.0,
+    "vocabulary": "train",
     "dataset": "synthetic",
     "table_sizes": [v + 1 for v in syn.VOCAB_SIZES],
     "num_rows": {s: hi - lo for s, (lo, hi) in ranges.items()},
