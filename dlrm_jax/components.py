@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -60,7 +61,11 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
     slot_floats_per_row=sparse_opt.slot_floats_per_row(config.embedding_dim),
   )
   model = DenseModel(
-    config.bottom_mlp, config.top_mlp, config.interaction, config.interaction_itself
+    config.bottom_mlp,
+    config.top_mlp,
+    config.interaction,
+    config.interaction_itself,
+    dtype=jnp.dtype(config.compute_dtype),
   )
   dense_tx = dense_optimizer(
     config.optimizer,

@@ -14,6 +14,7 @@ from dlrm_jax.sparse_optim import OPTIMIZERS
 
 DATASETS = ("synthetic", "kaggle", "terabyte")
 MODES = ("train", "eval", "predict", "export")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,7 @@ class Config:
   top_mlp: tuple[int, ...] = (512, 256, 1)
   interaction: str = "dot"
   interaction_itself: bool = False
+  compute_dtype: str = "float32"  # MLP and interaction matmuls; params and tables stay f32
   # Optimisation.
   optimizer: str = "sgd"
   # Defaults train the built-in data to within 0.02 AUC of its teacher in a few
@@ -52,6 +54,7 @@ class Config:
   eval_batch_size: int = 8192
   num_epochs: int = 3
   max_steps: int = 0  # 0: num_epochs decides
+  steps_per_call: int = 1  # train steps per dispatch (a lax.scan over stacked batches)
   # Reporting.
   eval_every_steps: int = 0  # 0: evaluate at the end only
   target_auc: float = 0.0  # 0: off; else stop once a validation evaluation reaches it
@@ -135,6 +138,21 @@ class Config:
       f"--split={self.split!r}: must be train, validation or test",
     )
     _check(self.log_every_steps >= 1, f"--log_every_steps={self.log_every_steps}: must be >= 1")
+    _check(
+      self.compute_dtype in COMPUTE_DTYPES,
+      f"--compute_dtype={self.compute_dtype!r}: must be one of {', '.join(COMPUTE_DTYPES)}",
+    )
+    k = self.steps_per_call
+    _check(k >= 1, f"--steps_per_call={k}: must be >= 1")
+    # Logs, evaluations and checkpoints happen between calls, so their cadences
+    # must fall on call boundaries.
+    for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+      value = getattr(self, name)
+      _check(
+        value % k == 0,
+        f"--{name}={value} is not a multiple of --steps_per_call={k}: logs, evaluations "
+        f"and checkpoints happen between calls",
+      )
     _check(self.min_frequency >= 1, f"--min_frequency={self.min_frequency}: must be >= 1")
     _check(
       0.0 <= self.data_sub_sample_rate < 1.0,

@@ -17,6 +17,11 @@ from dlrm_jax.config import Config, ConfigError
     (dict(interaction="sum"), "--interaction"),
     (dict(learning_rate=0.0), "--learning_rate"),
     (dict(sharding="diagonal"), "--sharding"),
+    (dict(compute_dtype="float16"), "--compute_dtype"),
+    (dict(steps_per_call=0), "--steps_per_call"),
+    (dict(steps_per_call=4, log_every_steps=10), "--log_every_steps=10 is not a multiple"),
+    (dict(steps_per_call=4, log_every_steps=8, eval_every_steps=6), "--eval_every_steps"),
+    (dict(steps_per_call=3, log_every_steps=3), "--checkpoint_every_steps=1000"),
   ],
 )
 def test_rejected_with_flag_name(changes, flag):
