@@ -76,9 +76,11 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
   return Components(config, mesh, layout, model, sparse_opt, dense_tx, tuple(table_sizes))
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Host-local NumPy slices -> global batch-sharded jax.Arrays."""
-  shardings = batch_shardings(mesh)
+def to_global(
+  batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False
+) -> dict[str, jax.Array]:
+  """Host-local NumPy slices -> global batch-sharded jax.Arrays (``stacked``: [K, b, ...])."""
+  shardings = batch_shardings(mesh, stacked)
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
 

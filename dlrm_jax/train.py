@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -20,12 +21,14 @@ from dlrm_jax.components import (
   to_global,
 )
 from dlrm_jax.config import Config
+from dlrm_jax.data import prefetch
 from dlrm_jax.data.loader import BatchLoader, check_batch_ids
 from dlrm_jax.data.store import open_split
 from dlrm_jax.evaluation import evaluate
 from dlrm_jax.faults import Preempted, TrainingDiverged
 from dlrm_jax.planner import plan_table
 from dlrm_jax.preemption import PreemptionGuard
+from dlrm_jax.timings import Timings
 from dlrm_jax.train_step import make_eval_step, make_train_step
 
 
@@ -37,7 +40,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   """
   is_chief = jax.process_index() == 0
   show = config.progress and is_chief
-  c, processed, meta = load_components(config, progress=show)
+  timings = Timings()
+  with timings.phase("data_preparation"):
+    c, processed, meta = load_components(config, progress=show)
   mesh = c.mesh
   if is_chief:
     reporting.write_config(config.workdir, config)
@@ -58,7 +63,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
 
   store = checkpointing.CheckpointStore(config.workdir, keep=config.keep_checkpoints)
   try:
-    return _train(c, processed, best, train_loader, total_steps, store, identity_of(c, meta))
+    return _train(
+      c, processed, best, train_loader, total_steps, store, identity_of(c, meta), timings
+    )
   finally:
     store.wait()  # an asynchronous save must be complete before the process exits
     store.close()
@@ -72,25 +79,36 @@ def _train(
   total_steps: int,
   store: checkpointing.CheckpointStore,
   ident: dict[str, Any],
+  timings: Timings,
 ) -> dict[str, Any]:
   config, mesh = c.config, c.mesh
   is_chief = jax.process_index() == 0
   abstract = abstract_train_state(c)
   # Load or initialise, never both.
-  restored = store.restore_latest_good(c.layout, abstract, mesh, ident, resume=True)
+  with timings.phase("table_initialisation"):
+    restored = store.restore_latest_good(c.layout, abstract, mesh, ident, resume=True)
+    if restored is None:
+      state = jax.block_until_ready(initial_state(c))
   if restored is not None:
     state, start = restored.state, restored.step
     pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
     reporting.announce(f"resuming from {restored.path} (step {start})")
   else:
-    state = initial_state(c)
     start, pending_losses = 0, []
   last_good = start if restored is not None else None
   log = reporting.MetricsLog(
     config.workdir, enabled=is_chief, resume_step=start if restored is not None else None
   )
-  train_step = make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract)
-  eval_step = make_eval_step(c.model, c.layout, mesh, abstract)
+  k = config.steps_per_call
+  train_step = _compiled_on_first_call(
+    make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract), timings
+  )
+  multi_step = train_step
+  if k > 1:
+    multi_step = _compiled_on_first_call(
+      make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract, k), timings
+    )
+  eval_step = _compiled_on_first_call(make_eval_step(c.model, c.layout, mesh, abstract), timings)
   snapshot = checkpointing.make_snapshot(c.layout, abstract, mesh, config.seed)
 
   def last_good_text() -> str:
@@ -107,9 +125,13 @@ def _train(
     )
 
   def save(step: int, validation: dict[str, float] | None = None) -> None:
+    with timings.phase("checkpoint_waits"):
+      _save(step, validation)
+
+  def _save(step: int, validation: dict[str, float] | None) -> None:
     nonlocal last_good
     tree, finite = snapshot(state)
-    losses = [float(x) for x in jax.device_get(pending_losses)]
+    losses = [float(x) for x in _flat(pending_losses)]
     if not bool(finite) or not np.all(np.isfinite(losses)):
       raise diverged(step, "non-finite values in the training state")
     store.save(
@@ -130,7 +152,8 @@ def _train(
     last_good = step
 
   def run_eval(split: str, step: int) -> dict[str, float]:
-    result = evaluate(c, state, eval_step, processed, split)
+    with timings.phase("evaluation"):
+      result = evaluate(c, state, eval_step, processed, split)
     record = {"step": step, "split": split, **result}
     if best is not None:
       record["best_possible_auc"] = best.get(split)
@@ -147,16 +170,23 @@ def _train(
   )
   every = config.checkpoint_every_steps
   target_reached = False
-  with PreemptionGuard() as guard:
-    for step, batch in enumerate(train_loader.iterate(start, max(0, total_steps - start)), start):
-      check_batch_ids(batch["sparse"], c.table_sizes)
-      state, step_metrics = train_step(state, to_global(batch, mesh))
-      pending_losses.append(step_metrics["loss"])
-      throughput.add(config.batch_size)
-      bar.update(config.batch_size)
-      done = step + 1
+  calls = _calls(c, train_loader, start, total_steps)
+  with PreemptionGuard() as guard, timings.phase("training"):
+    # One iteration per device call: K steps (--steps_per_call) on stacked
+    # batches, or single steps up to the next multiple of K (resume, the end).
+    for call_start, n, batches in prefetch.background(calls, depth=1):
+      if n == k > 1:
+        state, step_metrics = multi_step(state, batches)
+        pending_losses.append(step_metrics["loss"])
+      else:
+        for batch in batches:
+          state, step_metrics = train_step(state, batch)
+          pending_losses.append(step_metrics["loss"])
+      throughput.add(config.batch_size * n)
+      bar.update(config.batch_size * n)
+      done = call_start + n
       if done % config.log_every_steps == 0 or done == total_steps:
-        losses = np.asarray(jax.device_get(pending_losses))  # the only per-N-steps sync
+        losses = _flat(pending_losses)  # the only per-N-steps sync
         if not np.all(np.isfinite(losses)):
           first = done - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
           raise diverged(first, f"non-finite training loss {losses[first - done - 1]}")
@@ -199,9 +229,14 @@ def _train(
     validation = run_eval("validation", total_steps)
     if start < total_steps:
       save(total_steps, validation)
+  test = run_eval("test", total_steps)
+  with timings.phase("checkpoint_waits"):
+    store.wait()
+  log.write(timings.record())
+  reporting.announce(timings.text())
   results = {
     "validation": validation,
-    "test": run_eval("test", total_steps),
+    "test": test,
     "steps": total_steps,
     "checkpoint": store.step_path(total_steps),
     "target_reached": target_reached,
@@ -209,3 +244,47 @@ def _train(
   if best is not None:
     results["best_possible_auc"] = best
   return results
+
+
+def _flat(values: list) -> np.ndarray:
+  """Per-step metrics (scalars, or [K] from multi-step calls) as one host array, in step order."""
+  return np.concatenate([np.ravel(x) for x in jax.device_get(values)]) if values else np.zeros(0)
+
+
+def _compiled_on_first_call(jitted: Callable, timings: Timings) -> Callable:
+  """``jitted``, compiled ahead of its first call so that the compilation is timed on its own."""
+  compiled = None
+
+  def call(*args):
+    nonlocal compiled
+    if compiled is None:
+      with timings.phase("compilation"):
+        compiled = jitted.lower(*args).compile()
+    return compiled(*args)
+
+  return call
+
+
+def _calls(
+  c: Components, loader: BatchLoader, start: int, total_steps: int
+) -> Iterator[tuple[int, int, Any]]:
+  """(first step, steps n, device batches) per train call, built ahead by prefetch.background.
+
+  Calls end at multiples of --steps_per_call K: n = K gives one stacked [K, B, ...]
+  batch; a shorter call (a resume mid-way, the last steps) gives a list of n batches.
+  Ids are checked on the host, before they reach a device.
+  """
+  k = c.config.steps_per_call
+  batches = loader.iterate(start, max(0, total_steps - start))
+  step = start
+  while step < total_steps:
+    n = min(k - step % k, total_steps - step)
+    host = [next(batches) for _ in range(n)]
+    for batch in host:
+      check_batch_ids(batch["sparse"], c.table_sizes)
+    if n == k > 1:
+      stacked = {key: np.stack([b[key] for b in host]) for key in host[0]}
+      yield step, n, to_global(stacked, c.mesh, stacked=True)
+    else:
+      yield step, n, [to_global(b, c.mesh) for b in host]
+    step += n

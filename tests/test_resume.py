@@ -13,6 +13,8 @@ import orbax.checkpoint as ocp
 import pytest
 from main_runner import run_main, start_main
 
+from dlrm_jax.timings import PHASES
+
 # Checkpoint every 10 steps, validate at 20 and 40 (tiny.flags), one device.
 ARGS = ("--checkpoint_every_steps=10", "--keep_checkpoints=2")
 
@@ -148,3 +150,23 @@ def test_other_configuration_is_refused_listing_fields(tmp_path, data, reference
   assert "bottom_mlp: checkpoint [32, 8], now [32, 16]" in proc.stderr
   assert "top_mlp" not in proc.stderr
   assert sorted(os.listdir(work / "checkpoints")) == sorted(os.listdir(reference / "checkpoints"))
+
+
+def test_steps_per_call_runs_and_resumes_equal_one_step_per_call(tmp_path, data, reference):
+  """--steps_per_call=5 from scratch, and resumed from the K=1 run's step 30: same step 40."""
+  work = tmp_path / "k5"
+  proc = run(work, data, "--steps_per_call=5")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  expected = read_state(reference / "checkpoints" / "40")
+  assert_bitwise_equal(read_state(work / "checkpoints" / "40"), expected)
+  assert [r["step"] for r in metrics(work) if "loss" in r] == [10, 20, 30, 40]
+  timings = [r["timings"] for r in metrics(work) if "timings" in r]
+  assert len(timings) == 1 and set(PHASES) < set(timings[0]), timings
+  assert "timings (s): data preparation" in proc.stdout + proc.stderr
+  resumed = tmp_path / "resumed"
+  shutil.copytree(reference, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "40")
+  proc = run(resumed, data, "--steps_per_call=5")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming from" in proc.stdout + proc.stderr
+  assert_bitwise_equal(read_state(resumed / "checkpoints" / "40"), expected)
