@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -16,12 +15,12 @@ from dlrm_jax.data.store import SplitArrays, open_split
 from dlrm_jax.train_state import TrainState
 
 
-def _local_rows(out: jax.Array) -> jax.Array:
-  """This process's rows of a batch-sharded f32[B] in their global order (no host transfer)."""
-  shards = sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)
-  if len(shards) == 1:
-    return shards[0].data
-  return jnp.concatenate([s.data for s in shards])
+def _local_rows(out: jax.Array) -> list[jax.Array]:
+  """This process's shards of a batch-sharded f32[B], in global order, copying to the host."""
+  shards = [s.data for s in sorted(out.addressable_shards, key=lambda s: s.index[0].start or 0)]
+  for shard in shards:
+    shard.copy_to_host_async()
+  return shards
 
 
 def predict_logits(
@@ -43,14 +42,13 @@ def predict_logits(
   logits, labels, masks = [], [], []
   for batch in loader.iterate():
     check_batch_ids(batch["sparse"], c.table_sizes)
-    local = _local_rows(eval_step(state, to_global(batch, c.mesh)))
-    local.copy_to_host_async()
-    logits.append(local)
+    logits.append(_local_rows(eval_step(state, to_global(batch, c.mesh))))
     labels.append(batch["label"])
     masks.append(batch["mask"])
   # [batches, local batch] per process; global batch i is process 0's part,
   # then process 1's, ... (BatchLoader), so [process, batch, row] -> [batch, process, row].
-  parts = np.stack([np.asarray(x) for x in logits]), np.stack(labels), np.stack(masks)
+  local_logits = np.stack([np.concatenate([np.asarray(x) for x in shards]) for shards in logits])
+  parts = local_logits, np.stack(labels), np.stack(masks)
   if jax.process_count() > 1:
     parts = tuple(
       np.asarray(multihost_utils.process_allgather(p, tiled=False)).swapaxes(0, 1) for p in parts
