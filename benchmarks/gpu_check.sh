@@ -10,6 +10,7 @@
 # MAX_TABLE_ROWS overrides the 40M cap if the tables (97 GiB in f32 at the cap) do not fit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout, installed or not
 small=0
 if [[ "${1:-}" == "--small" ]]; then small=1; elif [[ $# -gt 0 ]]; then
   echo "usage: bash benchmarks/gpu_check.sh [--small]" >&2; exit 2

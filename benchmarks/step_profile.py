@@ -15,11 +15,7 @@ scanned step; "fusion and rest" is the scanned step minus the phases' sum
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +23,8 @@ import numpy as np
 import optax
 from absl import app, flags
 from jax import lax
+from train_throughput import TOP, random_batch, reference_step
 
-from benchmarks.train_throughput import TOP, random_batch, reference_step
 from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, SPARSE_NAMES
 from dlrm_jax.embedding import lookup, route_gradients
 from dlrm_jax.interaction import interact

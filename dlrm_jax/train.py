@@ -92,13 +92,17 @@ def _train(
   if restored is not None:
     state, start = restored.state, restored.step
     pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
+    # Training accuracy since the last log line: per-step correct and count sums.
+    pending_correct, pending_count = ([x] for x in restored.meta.get("pending_accuracy", [0, 0]))
     reporting.announce(f"resuming from {restored.path} (step {start})")
   else:
     start, pending_losses = 0, []
+    pending_correct, pending_count = [], []
   last_good = start if restored is not None else None
   log = reporting.MetricsLog(
     config.workdir, enabled=is_chief, resume_step=start if restored is not None else None
   )
+  log.write_config(config, start)
   k = config.steps_per_call
   train_step = _compiled_on_first_call(
     make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract), timings
@@ -144,6 +148,10 @@ def _train(
         "finite": True,
         "config": json.loads(config.to_json()),
         "pending_losses": losses,
+        "pending_accuracy": [
+          float(np.sum(_flat(pending_correct))),
+          float(np.sum(_flat(pending_count))),
+        ],
         "data_position": {"seed": config.seed, "batch_size": config.batch_size, "next_step": step},
         "validation": validation,
       },
@@ -177,11 +185,16 @@ def _train(
     for call_start, n, batches in prefetch.background(calls, depth=1):
       if n == k > 1:
         state, step_metrics = multi_step(state, batches)
-        pending_losses.append(step_metrics["loss"])
+        call_metrics = [step_metrics]  # each f32[K]
       else:
+        call_metrics = []
         for batch in batches:
           state, step_metrics = train_step(state, batch)
-          pending_losses.append(step_metrics["loss"])
+          call_metrics.append(step_metrics)
+      for m in call_metrics:
+        pending_losses.append(m["loss"])
+        pending_correct.append(m["correct"])
+        pending_count.append(m["count"])
       throughput.add(config.batch_size * n)
       bar.update(config.batch_size * n)
       done = call_start + n
@@ -192,7 +205,21 @@ def _train(
           raise diverged(first, f"non-finite training loss {losses[first - done - 1]}")
         loss = float(np.mean(losses))
         pending_losses.clear()
-        log.write({"step": done, "loss": loss, "samples_per_sec": throughput.mark()})
+        # Summed on the host in float64: the mean since the last line, not a mean of means.
+        correct, count = (
+          np.sum(_flat(x), dtype=np.float64) for x in (pending_correct, pending_count)
+        )
+        pending_correct.clear()
+        pending_count.clear()
+        log.write(
+          {
+            "step": done,
+            "loss": loss,
+            "accuracy": float(correct / count) if count else None,
+            "lr": float(np.ravel(step_metrics["lr"])[-1]),
+            "samples_per_sec": throughput.mark(),
+          }
+        )
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
       validation = None
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
@@ -243,6 +270,7 @@ def _train(
   }
   if best is not None:
     results["best_possible_auc"] = best
+  log.close()  # flushed after every record, so a run that raises loses no event either
   return results
 
 
