@@ -259,7 +259,7 @@ def _train(
   test = run_eval("test", total_steps)
   with timings.phase("checkpoint_waits"):
     store.wait()
-  log.write(timings.record())
+  log.write({"step": total_steps, **timings.record()})
   reporting.announce(timings.text())
   results = {
     "validation": validation,
