@@ -34,8 +34,8 @@ def expected_scalars(metrics_path) -> dict[str, dict[int, float]]:
     record = json.loads(line)
     prefix = record.get("split", "train")
     for key, value in record.items():
-      if key in ("step", "split") or value is None or isinstance(value, bool):
-        continue
+      if key in ("step", "split") or value is None or isinstance(value, bool | dict):
+        continue  # dicts ({"timings": {...}}) are not scalars; TensorBoardLog skips them too
       assert isinstance(value, int | float), (key, value)
       tag = f"{prefix}/{key}"
       assert record["step"] not in out.setdefault(tag, {}), f"{tag} twice at {record['step']}"
