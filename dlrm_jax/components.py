@@ -112,7 +112,7 @@ def load_components(config: Config, *, progress: bool) -> tuple[Components, str,
   if jax.process_index() != 0:
     processed, meta = resolve_dataset(config, progress=False)
   c = build_components(config, mesh, meta["table_sizes"], meta["sparse_names"])
-  check_data_matches_model(config, meta, c.table_sizes)  # before any id reaches a table
+  check_data_matches_model(config, processed, meta)  # before any id reaches a table
   return c, processed, meta
 
 

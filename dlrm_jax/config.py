@@ -13,6 +13,7 @@ from dlrm_jax.planner import PLANS
 from dlrm_jax.sparse_optim import OPTIMIZERS
 
 DATASETS = ("synthetic", "kaggle", "terabyte")
+VOCABULARIES = ("train", "reference")
 MODES = ("train", "eval", "predict", "export")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -36,6 +37,7 @@ class Config:
   min_frequency: int = 1
   data_sub_sample_rate: float = 0.0  # fraction of training-day negatives dropped (reference rule)
   strict: bool = False  # stop at the first bad raw row instead of skipping and counting it
+  vocabulary: str = "train"  # train: training days only, id 0 shared; reference: all days
   # Model.
   embedding_dim: int = 16
   bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
@@ -180,6 +182,15 @@ class Config:
     _check(
       0.0 <= self.data_sub_sample_rate < 1.0,
       f"--data_sub_sample_rate={self.data_sub_sample_rate}: must be in [0, 1)",
+    )
+    _check(
+      self.vocabulary in VOCABULARIES,
+      f"--vocabulary={self.vocabulary!r}: must be one of {', '.join(VOCABULARIES)}",
+    )
+    _check(
+      self.vocabulary == "train" or self.min_frequency == 1,
+      f"--min_frequency={self.min_frequency} needs --vocabulary=train: the reference's "
+      f"vocabulary gives every value its own row",
     )
     _check(0.0 <= self.target_auc <= 1.0, f"--target_auc={self.target_auc}: must be in [0, 1]")
     _check(

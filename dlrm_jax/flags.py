@@ -6,7 +6,7 @@ import dataclasses
 
 from absl import flags
 
-from dlrm_jax.config import COMPUTE_DTYPES, DATASETS, MODES, Config, ConfigError
+from dlrm_jax.config import COMPUTE_DTYPES, DATASETS, MODES, VOCABULARIES, Config, ConfigError
 from dlrm_jax.interaction import INTERACTIONS
 from dlrm_jax.mesh import parse_mesh_shape
 from dlrm_jax.planner import PLANS
@@ -64,6 +64,15 @@ flags.DEFINE_bool(
   _D.strict,
   "Preprocessing: stop at the first bad raw row (printing file:line) instead of "
   "skipping and counting it.",
+)
+flags.DEFINE_enum(
+  "vocabulary",
+  _D.vocabulary,
+  VOCABULARIES,
+  "Categorical ids. train: values of the training days (count >= --min_frequency) get "
+  "rows 1..V, row 0 is missing, unseen or rare; reference: like facebookresearch/dlrm, every "
+  "value of all days (test and validation too; missing = the value 0) gets its own row. "
+  "Default train.",
 )
 # Model.
 flags.DEFINE_integer("embedding_dim", _D.embedding_dim, "Width of every embedding row.")
