@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -18,17 +17,17 @@ from dlrm_jax.components import (
   identity_of,
   initial_state,
   load_components,
-  to_global,
 )
 from dlrm_jax.config import Config
 from dlrm_jax.data import prefetch
-from dlrm_jax.data.loader import BatchLoader, check_batch_ids
+from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.data.store import open_split
 from dlrm_jax.evaluation import evaluate
 from dlrm_jax.faults import Preempted, TrainingDiverged
 from dlrm_jax.planner import plan_table
 from dlrm_jax.preemption import PreemptionGuard
 from dlrm_jax.timings import Timings
+from dlrm_jax.train_calls import compiled_on_first_call, device_calls, flat_metrics
 from dlrm_jax.train_step import make_eval_step, make_train_step
 
 
@@ -112,15 +111,15 @@ def _train(
   )
   log.write_config(config, start)
   k = config.steps_per_call
-  train_step = _compiled_on_first_call(
+  train_step = compiled_on_first_call(
     make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract), timings
   )
   multi_step = train_step
   if k > 1:
-    multi_step = _compiled_on_first_call(
+    multi_step = compiled_on_first_call(
       make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract, k), timings
     )
-  eval_step = _compiled_on_first_call(make_eval_step(c.model, c.layout, mesh, abstract), timings)
+  eval_step = compiled_on_first_call(make_eval_step(c.model, c.layout, mesh, abstract), timings)
   snapshot = checkpointing.make_snapshot(c.layout, abstract, mesh, config.seed)
   layout_meta = checkpointing.layout_meta(c.layout, abstract)
 
@@ -144,7 +143,7 @@ def _train(
   def _save(step: int, validation: dict[str, float] | None, reached: bool) -> None:
     nonlocal last_good
     tree, finite = snapshot(state)
-    losses = [float(x) for x in _flat(pending_losses)]
+    losses = [float(x) for x in flat_metrics(pending_losses)]
     if not bool(finite) or not np.all(np.isfinite(losses)):
       raise diverged(step, "non-finite values in the training state")
     store.save(
@@ -158,8 +157,8 @@ def _train(
         "config": json.loads(config.to_json()),
         "pending_losses": losses,
         "pending_accuracy": [
-          float(np.sum(_flat(pending_correct))),
-          float(np.sum(_flat(pending_count))),
+          float(np.sum(flat_metrics(pending_correct))),
+          float(np.sum(flat_metrics(pending_count))),
         ],
         "data_position": {"seed": config.seed, "batch_size": config.batch_size, "next_step": step},
         "validation": validation,
@@ -191,7 +190,7 @@ def _train(
   )
   every = config.checkpoint_every_steps
   target_reached = False
-  calls = _calls(c, train_loader, start, total_steps)
+  calls = device_calls(c, train_loader, start, total_steps)
   with PreemptionGuard() as guard, timings.phase("training"):
     # One iteration per device call: K steps (--steps_per_call) on stacked
     # batches, or single steps up to the next multiple of K (resume, the end).
@@ -212,7 +211,7 @@ def _train(
       bar.update(config.batch_size * n)
       done = call_start + n
       if done % config.log_every_steps == 0 or done == total_steps:
-        losses = _flat(pending_losses)  # the only per-N-steps sync
+        losses = flat_metrics(pending_losses)  # the only per-N-steps sync
         if not np.all(np.isfinite(losses)):
           first = done - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
           raise diverged(first, f"non-finite training loss {losses[first - done - 1]}")
@@ -220,7 +219,7 @@ def _train(
         pending_losses.clear()
         # Summed on the host in float64: the mean since the last line, not a mean of means.
         correct, count = (
-          np.sum(_flat(x), dtype=np.float64) for x in (pending_correct, pending_count)
+          np.sum(flat_metrics(x), dtype=np.float64) for x in (pending_correct, pending_count)
         )
         pending_correct.clear()
         pending_count.clear()
@@ -297,47 +296,3 @@ def _target_reached_before(meta: dict[str, Any], target_auc: float) -> bool:
   """
   auc = (meta.get("validation") or {}).get("auc")
   return bool(meta.get("target_reached") and target_auc and auc is not None and auc >= target_auc)
-
-
-def _flat(values: list) -> np.ndarray:
-  """Per-step metrics (scalars, or [K] from multi-step calls) as one host array, in step order."""
-  return np.concatenate([np.ravel(x) for x in jax.device_get(values)]) if values else np.zeros(0)
-
-
-def _compiled_on_first_call(jitted: Callable, timings: Timings) -> Callable:
-  """``jitted``, compiled ahead of its first call so that the compilation is timed on its own."""
-  compiled = None
-
-  def call(*args):
-    nonlocal compiled
-    if compiled is None:
-      with timings.phase("compilation"):
-        compiled = jitted.lower(*args).compile()
-    return compiled(*args)
-
-  return call
-
-
-def _calls(
-  c: Components, loader: BatchLoader, start: int, total_steps: int
-) -> Iterator[tuple[int, int, Any]]:
-  """(first step, steps n, device batches) per train call, built ahead by prefetch.background.
-
-  Calls end at multiples of --steps_per_call K: n = K gives one stacked [K, B, ...]
-  batch; a shorter call (a resume mid-way, the last steps) gives a list of n batches.
-  Ids are checked on the host, before they reach a device.
-  """
-  k = c.config.steps_per_call
-  batches = loader.iterate(start, max(0, total_steps - start))
-  step = start
-  while step < total_steps:
-    n = min(k - step % k, total_steps - step)
-    host = [next(batches) for _ in range(n)]
-    for batch in host:
-      check_batch_ids(batch["sparse"], c.table_sizes)
-    if n == k > 1:
-      stacked = {key: np.stack([b[key] for b in host]) for key in host[0]}
-      yield step, n, to_global(stacked, c.mesh, stacked=True)
-    else:
-      yield step, n, [to_global(b, c.mesh) for b in host]
-    step += n
