@@ -39,6 +39,11 @@ MODEL_FIELDS = (
   "top_mlp",
   "interaction",
   "interaction_itself",
+  "dcn_num_layers",
+  "dcn_deep_mlp",
+  "dcn_low_rank_dim",
+  "embedding_mlp",
+  "embedding_mlp_shared",
   "optimizer",
   "table_names",
   "table_sizes",
@@ -80,6 +85,11 @@ ADDED_FIELDS = {
   "lr_decay_power": 2.0,
   "data_sub_sample_rate": 0.0,
   "vocabulary": "train",
+  "dcn_num_layers": 0,
+  "dcn_deep_mlp": [512, 256],
+  "dcn_low_rank_dim": 512,
+  "embedding_mlp": [],
+  "embedding_mlp_shared": True,
 }
 
 

@@ -17,6 +17,7 @@ from dlrm_jax.components import (
   identity_of,
   initial_state,
   load_components,
+  parameter_counts,
 )
 from dlrm_jax.config import Config
 from dlrm_jax.data import prefetch
@@ -110,6 +111,13 @@ def _train(
     config.workdir, enabled=is_chief, resume_step=start if restored is not None else None
   )
   log.write_config(config, start)
+  counts = parameter_counts(c)
+  reporting.announce(
+    f"parameters: dense {counts['dense']:,}, embedding {counts['embedding']:,}, "
+    f"total {counts['total']:,}"
+  )
+  if restored is None:  # a resumed file keeps its step-0 line
+    log.write({"step": 0, "parameters": counts})
   k = config.steps_per_call
   train_step = compiled_on_first_call(
     make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract), timings

@@ -33,9 +33,15 @@ def expected_scalars(metrics_path) -> dict[str, dict[int, float]]:
   for line in Path(metrics_path).read_text().splitlines():
     record = json.loads(line)
     prefix = record.get("split", "train")
+    flat = {}
     for key, value in record.items():
-      if key in ("step", "split") or value is None or isinstance(value, bool | dict):
-        continue  # dicts ({"timings": {...}}) are not scalars; TensorBoardLog skips them too
+      if isinstance(value, dict):  # {"parameters": {"dense": N, ...}} -> parameters/dense
+        flat.update({f"{key}/{k}": v for k, v in value.items()})
+      else:
+        flat[key] = value
+    for key, value in flat.items():
+      if key in ("step", "split") or value is None or isinstance(value, bool):
+        continue
       assert isinstance(value, int | float), (key, value)
       tag = f"{prefix}/{key}"
       assert record["step"] not in out.setdefault(tag, {}), f"{tag} twice at {record['step']}"
