@@ -132,7 +132,8 @@ def arm_flags(arm: Arm, args: argparse.Namespace, total_steps: int, armdir: str)
     f"--batch_size={args.batch_size}",
     f"--eval_batch_size={args.eval_batch_size}",
     "--num_epochs=1",
-    f"--eval_every_steps={max(1, total_steps // args.evals_per_epoch)}",
+    # Rounded up, so that no periodic evaluation falls a few steps before the final one.
+    f"--eval_every_steps={-(-total_steps // args.evals_per_epoch)}",
     f"--log_every_steps={max(1, total_steps // args.log_lines_per_epoch)}",
     f"--checkpoint_every_steps={args.checkpoint_every_steps}",
     f"--workdir={armdir}",

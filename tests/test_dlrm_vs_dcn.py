@@ -90,7 +90,7 @@ def test_every_arm_is_a_valid_main_py_configuration(smoke):
     finally:
       dlrm_flags.FLAGS.unparse_flags()
     assert config.optimizer == arm.optimizer and config.learning_rate == arm.learning_rate
-    assert config.num_epochs == 1 and config.eval_every_steps == 1000 // args.evals_per_epoch
+    assert config.num_epochs == 1 and config.eval_every_steps == -(-1000 // args.evals_per_epoch)
     expected = {"dlrm": "dot", "dlrm_nns": "dot", "dcn": "dcn", "dcnv2": "dcnv2"}[arm.model]
     assert config.interaction == expected
     assert bool(config.embedding_mlp) == (arm.model == "dlrm_nns")
