@@ -14,7 +14,8 @@ from pathlib import Path
 # Runnable as `python benchmarks/<name>.py` from anywhere without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dlrm_jax.data.loader import BatchLoader, open_split
+from dlrm_jax.data.loader import BatchLoader
+from dlrm_jax.data.store import open_split
 from dlrm_jax.data.synthetic import prepare_synthetic
 
 
@@ -34,7 +35,7 @@ def train_rows_per_second(processed: str, batch: int, steps: int = 30, windows: 
   import jax
   from train_throughput import reference_step, timed_window
 
-  from dlrm_jax.data.loader import read_metadata
+  from dlrm_jax.data.store import read_metadata
   from dlrm_jax.mesh import make_mesh
   from dlrm_jax.specs import table_specs
   from dlrm_jax.train_step import batch_shardings

@@ -10,10 +10,10 @@ from absl import logging
 
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data.bad_rows import BadRowError
-from dlrm_jax.data.loader import read_metadata
+from dlrm_jax.data.criteo_format import TERABYTE_NUM_DAYS
 from dlrm_jax.data.preprocess import preprocess_criteo
+from dlrm_jax.data.store import read_metadata
 from dlrm_jax.data.synthetic import prepare_synthetic
-from dlrm_jax.data.terabyte import TERABYTE_NUM_DAYS
 
 KAGGLE_DIR = "criteo_kaggle"
 TERABYTE_DIR = "criteo_terabyte"

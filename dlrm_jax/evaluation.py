@@ -10,7 +10,8 @@ from jax.experimental import multihost_utils
 
 from dlrm_jax import metrics as metrics_lib
 from dlrm_jax.components import Components, to_global
-from dlrm_jax.data.loader import BatchLoader, SplitArrays, check_batch_ids, open_split
+from dlrm_jax.data.loader import BatchLoader, check_batch_ids
+from dlrm_jax.data.store import SplitArrays, open_split
 from dlrm_jax.train_state import TrainState
 
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from dlrm_jax.components import Loaded, load
 from dlrm_jax.config import Config, ConfigError
-from dlrm_jax.data.loader import SplitArrays, open_split
 from dlrm_jax.data.preprocess import encode_unlabeled
+from dlrm_jax.data.store import SplitArrays, open_split
 from dlrm_jax.evaluation import evaluate, predict_logits
 
 

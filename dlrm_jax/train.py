@@ -20,7 +20,8 @@ from dlrm_jax.components import (
   to_global,
 )
 from dlrm_jax.config import Config
-from dlrm_jax.data.loader import BatchLoader, check_batch_ids, open_split
+from dlrm_jax.data.loader import BatchLoader, check_batch_ids
+from dlrm_jax.data.store import open_split
 from dlrm_jax.evaluation import evaluate
 from dlrm_jax.faults import Preempted, TrainingDiverged
 from dlrm_jax.planner import plan_table

@@ -16,7 +16,7 @@ import pytest
 
 from dlrm_jax.data import preprocess, splits, terabyte
 from dlrm_jax.data.bad_rows import BadRowError
-from dlrm_jax.data.loader import open_split, read_metadata
+from dlrm_jax.data.store import open_split, read_metadata
 from dlrm_jax.data.synthetic import generate_criteo_tsv
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "criteo_samples"

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 
 from dlrm_jax.data import preprocess
-from dlrm_jax.data.loader import (
-  BatchLoader,
-  SplitArrays,
-  check_batch_ids,
-  open_split,
-  validate_table_sizes,
-)
+from dlrm_jax.data.loader import BatchLoader, check_batch_ids, validate_table_sizes
+from dlrm_jax.data.store import SplitArrays, open_split
 from dlrm_jax.data.synthetic import generate_criteo_tsv
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dlrm_jax.data import preprocess, splits, tsv_parser
-from dlrm_jax.data.loader import open_split, read_metadata
+from dlrm_jax.data.store import open_split, read_metadata
 from dlrm_jax.data.synthetic import generate_criteo_tsv
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "criteo_samples"
@@ -198,7 +198,7 @@ def test_interrupted_run_leaves_no_finished_marker(tmp_path, synthetic_file, mon
   def boom(*args, **kwargs):
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(preprocess, "remap_in_place", boom)
+  monkeypatch.setattr(preprocess.columns, "remap_in_place", boom)
   with pytest.raises(KeyboardInterrupt):
     preprocess.preprocess_criteo([synthetic_file], out, max_ind_range=5, progress=False)
   assert not os.path.exists(os.path.join(out, "metadata.json"))

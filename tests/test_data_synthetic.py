@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dlrm_jax.data import splits, synthetic
-from dlrm_jax.data.loader import read_metadata
+from dlrm_jax.data.store import read_metadata
 
 HEX8 = re.compile(r"^[0-9a-f]{8}$")
 INT = re.compile(r"^-?[0-9]+$")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dlrm_jax.data import preprocess
-from dlrm_jax.data.loader import open_split
+from dlrm_jax.data.store import open_split
 from dlrm_jax.data.synthetic import generate_criteo_tsv
 
 tfds = pytest.importorskip(

@@ -6,16 +6,19 @@ Append-only .npy writers, a split's column set, and raw value -> id remapping.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import vocab as vocab_lib
+from dlrm_jax.data.store import FIELDS, PARTIAL
 
-PARTIAL = ".partial"
 MISSING_BYTES = (cf.NUM_SPARSE + 7) // 8
-FIELDS: tuple[str, ...] = ("dense", "sparse", "label")
+# Ids are remapped in blocks of this many rows (bounded memory).
+REMAP_BLOCK_ROWS = 1 << 20
 _HEADER_BYTES = 128  # room for any 2-D shape; a multiple of 64 keeps the data aligned
 
 
@@ -115,3 +118,23 @@ def remap_block(
   # NumPy gathers release the GIL, so features remap on all cores.
   list(pool.map(remap, range(cf.NUM_SPARSE)))
   return ids_t.T
+
+
+def remap_in_place(
+  writers: Sequence[ColumnsWriter], tables: list[vocab_lib.IdTable], progress: bool
+) -> None:
+  """Replace the raw values in each writer's closed sparse file by ids, block by block."""
+  total = sum(w.rows for w in writers)
+  with (
+    tqdm(total=total, unit="rows", unit_scale=True, desc="ids", disable=not progress) as bar,
+    ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+  ):
+    for w in writers:
+      sparse = np.load(w.partial("sparse"), mmap_mode="r+")
+      missing = np.load(w.partial("missing"), mmap_mode="r")
+      for a in range(0, w.rows, REMAP_BLOCK_ROWS):
+        b = min(a + REMAP_BLOCK_ROWS, w.rows)
+        sparse[a:b] = remap_block(sparse[a:b], missing[a:b], tables, pool)
+        bar.update(b - a)
+      sparse.flush()
+      del sparse, missing

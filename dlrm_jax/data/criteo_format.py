@@ -16,6 +16,8 @@ COLUMN_NAMES: tuple[str, ...] = (LABEL_NAME, *DENSE_NAMES, *SPARSE_NAMES)
 KAGGLE_NUM_ROWS: int = 45_840_617
 # Kaggle "days": the reference cuts train.txt into this many consecutive pieces.
 KAGGLE_NUM_DAYS: int = 7
+# Criteo Terabyte (1TB Click Logs): one raw file per day, day_0 ... day_23.
+TERABYTE_NUM_DAYS: int = 24
 
 # Per-feature table sizes of the reference (facebookresearch/dlrm data_utils.py)
 # on Kaggle train.txt without max_ind_range: distinct values over ALL 7 days,

@@ -5,10 +5,7 @@ Deterministic, resumable, per-process slices.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -17,53 +14,9 @@ import numpy as np
 
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import prefetch
-from dlrm_jax.data.preprocess import METADATA_FILE, split_file
+from dlrm_jax.data.store import SplitArrays
 
 Batch = dict[str, np.ndarray]
-# Splits smaller than this are copied into RAM: random row gathers from a
-# memmap pay page-cache lookups that plain arrays do not.
-_IN_MEMORY_BYTES = 4 << 30
-
-
-def read_metadata(processed_dir: str) -> dict[str, Any]:
-  """metadata.json of a finished preprocessing run."""
-  path = os.path.join(processed_dir, METADATA_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f"{path} missing: {processed_dir} is not a finished preprocessed directory"
-    )
-  with open(path) as f:
-    return json.load(f)
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitArrays:
-  """One split's columns: dense f32[N, 13], sparse i32[N, 26], label f32[N] (memmaps or arrays)."""
-
-  dense: np.ndarray
-  sparse: np.ndarray
-  label: np.ndarray
-
-  @property
-  def num_rows(self) -> int:
-    return int(self.label.shape[0])
-
-
-def open_split(processed_dir: str, split: str, *, in_memory: bool | None = None) -> SplitArrays:
-  """Open one split; in_memory=None loads it into RAM when it is under 4 GiB, else memory-maps."""
-  read_metadata(processed_dir)  # refuse half-written directories
-  arrays = {
-    f: np.load(split_file(processed_dir, split, f), mmap_mode="r")
-    for f in ("dense", "sparse", "label")
-  }
-  n = arrays["label"].shape[0]
-  if arrays["dense"].shape != (n, cf.NUM_DENSE) or arrays["sparse"].shape[0] != n:
-    raise ValueError(f"{processed_dir}/{split}: inconsistent array shapes")
-  if in_memory is None:
-    in_memory = sum(a.nbytes for a in arrays.values()) < _IN_MEMORY_BYTES
-  if in_memory:
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-  return SplitArrays(**arrays)
 
 
 def validate_table_sizes(metadata: dict[str, Any], table_sizes: Sequence[int]) -> None:

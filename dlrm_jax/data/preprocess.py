@@ -5,17 +5,14 @@ Raw TSV (Kaggle or Terabyte days) -> columnar .npy splits + metadata.json.
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from dlrm_jax.data import bad_rows, columns, prefetch, tsv_parser
+from dlrm_jax.data import bad_rows, columns, prefetch, store, terabyte, tsv_parser
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import splits as splits_lib
 from dlrm_jax.data import vocab as vocab_lib
@@ -26,35 +23,6 @@ from dlrm_jax.data.streaming import (
   dense_transform,
   stream,
 )
-
-FORMAT_VERSION = 2
-METADATA_FILE = "metadata.json"
-VOCAB_FILE = "vocab.npz"
-_PARTIAL = columns.PARTIAL
-# Ids are remapped in blocks of this many rows (bounded memory).
-REMAP_BLOCK_ROWS = 1 << 20
-
-
-def split_file(out_dir: str, split: str, field: str) -> str:
-  """Path of one output array, e.g. train_sparse.npy."""
-  return os.path.join(out_dir, f"{split}_{field}.npy")
-
-
-def source_fingerprint(raw_files: Sequence[str]) -> list[dict[str, Any]]:
-  out = []
-  for path in raw_files:
-    st = os.stat(path)
-    out.append({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-  return out
-
-
-def write_json_atomic(path: str, obj: dict[str, Any]) -> None:
-  tmp = path + _PARTIAL
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def check_raw_file(path: str, *, labeled: bool = True) -> None:
@@ -78,91 +46,6 @@ def check_raw_file(path: str, *, labeled: bool = True) -> None:
       f"--predict_file expects unlabeled rows "
       f"(Kaggle's test.txt, {cf.NUM_FIELDS - 1} fields). Evaluate labelled data with --mode=eval"
     )
-
-
-def _cached_metadata(out_dir: str, expected: dict[str, Any]) -> dict[str, Any] | None:
-  path = os.path.join(out_dir, METADATA_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    meta = json.load(f)
-  if any(meta.get(k) != v for k, v in expected.items()):
-    return None
-  for split in splits_lib.SPLITS:
-    for field in columns.FIELDS:
-      if not os.path.exists(split_file(out_dir, split, field)):
-        return None
-  return meta
-
-
-def remap_in_place(
-  writers: Sequence[columns.ColumnsWriter], tables: list[vocab_lib.IdTable], progress: bool
-) -> None:
-  """Replace the raw values in each writer's closed sparse file by ids, block by block."""
-  total = sum(w.rows for w in writers)
-  with (
-    tqdm(total=total, unit="rows", unit_scale=True, desc="ids", disable=not progress) as bar,
-    ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
-  ):
-    for w in writers:
-      sparse = np.load(w.partial("sparse"), mmap_mode="r+")
-      missing = np.load(w.partial("missing"), mmap_mode="r")
-      for a in range(0, w.rows, REMAP_BLOCK_ROWS):
-        b = min(a + REMAP_BLOCK_ROWS, w.rows)
-        sparse[a:b] = columns.remap_block(sparse[a:b], missing[a:b], tables, pool)
-        bar.update(b - a)
-      sparse.flush()
-      del sparse, missing
-
-
-def build_tables(vocabs: list[np.ndarray]) -> list[vocab_lib.IdTable]:
-  with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-    return list(pool.map(vocab_lib.IdTable, vocabs))
-
-
-def save_vocab(out_dir: str, vocabs: list[np.ndarray]) -> None:
-  tmp = os.path.join(out_dir, VOCAB_FILE + _PARTIAL + ".npz")
-  np.savez(tmp, **{name: v for name, v in zip(cf.SPARSE_NAMES, vocabs, strict=True)})
-  os.replace(tmp, os.path.join(out_dir, VOCAB_FILE))
-
-
-def finish_outputs(
-  out_dir: str,
-  options: dict[str, Any],
-  vocabs: list[np.ndarray],
-  counted: list[tuple[np.ndarray, np.ndarray]],
-  writers: dict[str, Any],
-  report: bad_rows.BadRowReport,
-  extra: dict[str, Any],
-) -> dict[str, Any]:
-  """Saves the vocabularies; returns the metadata shared by Kaggle and Terabyte, plus ``extra``.
-
-  ``counted``: per feature (distinct training values, counts); ``writers``: split -> its
-  committed writer (``rows``, ``positives``).
-  """
-  save_vocab(out_dir, vocabs)
-  rows = {s: w.rows for s, w in writers.items()}
-  positives = {s: w.positives for s, w in writers.items()}
-  return {
-    **options,
-    "table_sizes": [int(v.size) + 1 for v in vocabs],
-    "num_rows": rows,
-    "positive_rate": {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in rows},
-    "distinct_train_values": [int(v.size) for v, _ in counted],
-    "num_dense": cf.NUM_DENSE,
-    "num_sparse": cf.NUM_SPARSE,
-    "dense_names": list(cf.DENSE_NAMES),
-    "sparse_names": list(cf.SPARSE_NAMES),
-    "dense_transform": "log(max(x, 0) + 1) in float32; missing -> 0",
-    "id_convention": (
-      "per feature, training-days values (after % max_ind_range) sorted ascending get ids 1..V; "
-      "id 0 = missing, unseen in training, or rarer than min_frequency; table size V + 1"
-    ),
-    "sub_sample_rule": SUB_SAMPLE_RULE,
-    "bad_rows": report.to_json(),
-    "bad_rows_summary": report.summary(),
-    **extra,
-  }
 
 
 def preprocess_criteo(
@@ -211,28 +94,26 @@ def preprocess_criteo(
   if dataset == "terabyte":
     num_days = len(raw_files)
   options = {
-    "format_version": FORMAT_VERSION,
+    "format_version": store.FORMAT_VERSION,
     "dataset": dataset,
     "max_ind_range": int(max_ind_range),
     "min_frequency": int(min_frequency),
     "num_days": int(num_days),
     "sub_sample_rate": float(sub_sample_rate),
     "sub_sample_seed": int(sub_sample_seed),
-    "source": source_fingerprint(raw_files),
+    "source": store.source_fingerprint(raw_files),
   }
   report = bad_rows.BadRowReport(strict=strict)
-  if not overwrite and (meta := _cached_metadata(out_dir, options)) is not None:
+  if not overwrite and (meta := store.cached_metadata(out_dir, options)) is not None:
     report.merge(meta.get("bad_rows", {}))
     return meta
   os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, METADATA_FILE)
+  meta_path = os.path.join(out_dir, store.METADATA_FILE)
   if os.path.exists(meta_path):
     os.remove(meta_path)  # the old files are about to be replaced one by one
 
   start = time.perf_counter()
   if dataset == "terabyte":
-    from dlrm_jax.data import terabyte
-
     meta = terabyte.preprocess_days(
       raw_files,
       out_dir,
@@ -247,7 +128,7 @@ def preprocess_criteo(
   meta["seconds"] = round(time.perf_counter() - start, 3)
   if extra_metadata:
     meta.update(extra_metadata)
-  write_json_atomic(meta_path, meta)
+  store.write_json_atomic(meta_path, meta)
   return meta
 
 
@@ -293,10 +174,10 @@ def _preprocess_kaggle(
     w.close()
   counted = [c.result() for c in counters]
   vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"]) for v, c in counted]
-  remap_in_place(list(writers.values()), build_tables(vocabs), progress)
+  columns.remap_in_place(list(writers.values()), vocab_lib.build_tables(vocabs), progress)
   for w in writers.values():
     w.commit(keep_missing=False)
-  return finish_outputs(
+  return store.finish_outputs(
     out_dir,
     options,
     vocabs,
@@ -304,6 +185,7 @@ def _preprocess_kaggle(
     writers,
     report,
     {
+      "sub_sample_rule": SUB_SAMPLE_RULE,
       "num_lines": num_lines,
       "line_ranges": {s: list(r) for s, r in ranges.items()},
       "day_line_counts": days,
@@ -314,18 +196,15 @@ def _preprocess_kaggle(
 
 def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19):
   """A raw unlabeled Criteo file (Kaggle test.txt: 39 fields) encoded with `processed_dir`'s
-  training vocabulary and options, exactly as preprocessing encodes rows -> loader.SplitArrays
+  training vocabulary and options, exactly as preprocessing encodes rows -> store.SplitArrays
   (label all 0).
 
   Every line must be good (each line is one Id of a submission), so a bad row raises
   BadRowError with its file:line.
   """
-  from dlrm_jax.data.loader import SplitArrays, read_metadata
-
-  meta = read_metadata(processed_dir)
+  meta = store.read_metadata(processed_dir)
   check_raw_file(path, labeled=False)
-  with np.load(os.path.join(processed_dir, VOCAB_FILE)) as z:
-    tables = build_tables([z[name] for name in meta["sparse_names"]])
+  tables = vocab_lib.build_tables(store.load_vocab(processed_dir, meta["sparse_names"]))
   max_ind_range = int(meta.get("max_ind_range", 0))
   report = bad_rows.BadRowReport(strict=True)
   dense, sparse = [], []
@@ -342,6 +221,6 @@ def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19
       sparse.append(columns.remap_block(chunk.cat_t.T, bits, tables, pool))
   dense_all = np.concatenate(dense) if dense else np.zeros((0, cf.NUM_DENSE), np.float32)
   sparse_all = np.concatenate(sparse) if sparse else np.zeros((0, cf.NUM_SPARSE), np.int32)
-  return SplitArrays(
+  return store.SplitArrays(
     dense=dense_all, sparse=sparse_all, label=np.zeros(dense_all.shape[0], np.float32)
   )

@@ -21,15 +21,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dlrm_jax.data import bad_rows, columns, streaming
+from dlrm_jax.data import bad_rows, columns, store, streaming
 from dlrm_jax.data import criteo_format as cf
-from dlrm_jax.data import preprocess as pp
 from dlrm_jax.data import vocab as vocab_lib
 
 DAYS_DIR = "days"
 DAY_FILE = "day.json"
 COUNTS_FILE = "counts.npz"
-TERABYTE_NUM_DAYS = 24
 
 
 def day_dir(out_dir: str, day: int) -> str:
@@ -73,7 +71,7 @@ def _process_day(
     arrays = {}
     for name, counter in zip(cf.SPARSE_NAMES, counters, strict=True):
       arrays[f"{name}_values"], arrays[f"{name}_counts"] = counter.result()
-    tmp = os.path.join(path, COUNTS_FILE + pp._PARTIAL + ".npz")
+    tmp = os.path.join(path, COUNTS_FILE + store.PARTIAL + ".npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, os.path.join(path, COUNTS_FILE))
   info = dict(key)
@@ -86,14 +84,14 @@ def _process_day(
       "bad_rows": report.to_json(),
     }
   )
-  pp.write_json_atomic(os.path.join(path, DAY_FILE), info)
+  store.write_json_atomic(os.path.join(path, DAY_FILE), info)
   return info
 
 
 def _open_day(path: str) -> dict[str, np.ndarray]:
   return {
     f: np.load(os.path.join(path, f"day_{f}.npy"), mmap_mode="r")
-    for f in columns.FIELDS + ("missing",)
+    for f in store.FIELDS + ("missing",)
   }
 
 
@@ -115,13 +113,13 @@ def preprocess_days(
   for d, raw in enumerate(raw_files):
     train = d < n_days - 1
     key = {
-      "format_version": pp.FORMAT_VERSION,
+      "format_version": store.FORMAT_VERSION,
       "day": d,
       "train": train,
       "max_ind_range": options["max_ind_range"],
       "sub_sample_rate": options["sub_sample_rate"] if train else 0.0,
       "sub_sample_seed": options["sub_sample_seed"],
-      "source": pp.source_fingerprint([raw]),
+      "source": store.source_fingerprint([raw]),
     }
     path = day_dir(out_dir, d)
     info = None if overwrite else _cached_day(path, key)
@@ -137,7 +135,7 @@ def preprocess_days(
         counter.add_counted(z[f"{name}_values"], z[f"{name}_counts"])
   counted = [c.result() for c in counters]
   vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"]) for v, c in counted]
-  tables = pp.build_tables(vocabs)
+  tables = vocab_lib.build_tables(vocabs)
 
   last_rows = infos[-1]["rows"]
   test_rows = (last_rows + 1) // 2
@@ -154,8 +152,8 @@ def preprocess_days(
   ):
     for split, d, lo, hi in pieces:
       day = _open_day(day_dir(out_dir, d))
-      for a in range(lo, hi, pp.REMAP_BLOCK_ROWS):
-        b = min(a + pp.REMAP_BLOCK_ROWS, hi)
+      for a in range(lo, hi, columns.REMAP_BLOCK_ROWS):
+        b = min(a + columns.REMAP_BLOCK_ROWS, hi)
         ids = columns.remap_block(day["sparse"][a:b], day["missing"][a:b], tables, pool)
         writers[split].append(
           np.asarray(day["dense"][a:b]), np.asarray(day["label"][a:b]), ids, None
@@ -164,7 +162,7 @@ def preprocess_days(
       del day
   for w in writers.values():
     w.commit()
-  return pp.finish_outputs(
+  return store.finish_outputs(
     out_dir,
     options,
     vocabs,
@@ -172,6 +170,7 @@ def preprocess_days(
     writers,
     report,
     {
+      "sub_sample_rule": streaming.SUB_SAMPLE_RULE,
       "num_lines": sum(i["lines"] for i in infos),
       "day_line_counts": [i["lines"] for i in infos],
       "day_row_counts": [i["rows"] for i in infos],

@@ -25,8 +25,7 @@ import tensorflow_datasets as tfds
 
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import preprocess
-from dlrm_jax.data.loader import open_split
-from dlrm_jax.data.terabyte import TERABYTE_NUM_DAYS
+from dlrm_jax.data.store import open_split
 
 
 @dataclasses.dataclass
@@ -92,7 +91,8 @@ class Criteo(tfds.core.GeneratorBasedBuilder):
     if self.builder_config.name == "kaggle":
       raw, dataset = [_raw_file(manual, "train.txt")], "kaggle"
     else:
-      raw, dataset = [_raw_file(manual, f"day_{d}") for d in range(TERABYTE_NUM_DAYS)], "terabyte"
+      days = range(cf.TERABYTE_NUM_DAYS)
+      raw, dataset = [_raw_file(manual, f"day_{d}") for d in days], "terabyte"
     processed = os.path.join(os.path.dirname(os.fspath(self.data_path)), "_dlrm_jax_processed")
     cfg = self.builder_config
     preprocess.preprocess_criteo(

@@ -5,6 +5,9 @@ Streaming value counts and value -> contiguous id lookup.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 # Id 0 is reserved: missing, unseen-in-training and rarer-than-min_frequency
@@ -134,3 +137,9 @@ class IdTable:
       active = active[~hit_a & (ids_a != 0)]
     out[missing] = RESERVED_ID
     return out
+
+
+def build_tables(vocabs: list[np.ndarray]) -> list[IdTable]:
+  """One IdTable per feature's vocabulary, built in parallel."""
+  with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    return list(pool.map(IdTable, vocabs))
