@@ -309,7 +309,14 @@ def _forward_sigterm(signum, frame):
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
-  signal.signal(signal.SIGTERM, _forward_sigterm)
+  previous = signal.signal(signal.SIGTERM, _forward_sigterm)
+  try:
+    return _compare(args)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _compare(args: argparse.Namespace) -> int:
   os.makedirs(args.workdir, exist_ok=True)
   try:
     total_steps = prepare_data(args)

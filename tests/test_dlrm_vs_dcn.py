@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 
 import main_runner
@@ -96,36 +95,30 @@ def test_every_arm_is_a_valid_main_py_configuration(smoke):
     assert bool(config.embedding_mlp) == (arm.model == "dlrm_nns")
 
 
-def _run(tmp_path, *args):
-  return subprocess.run(
-    [
-      sys.executable,
-      str(SCRIPT),
-      "--smoke",
-      f"--data_dir={tmp_path / 'data'}",
-      f"--workdir={tmp_path / 'cmp'}",
-      *args,
-    ],
-    cwd=main_runner.REPO,
-    env=main_runner.main_env(1),
-    capture_output=True,
-    text=True,
-    timeout=300,
+def _run(tmp_path, capsys, *args) -> tuple[int, str, str]:
+  """The script's main() in this process; its main.py runs are subprocesses on 1 CPU device."""
+  capsys.readouterr()
+  rc = _script().main(
+    ["--smoke", f"--data_dir={tmp_path / 'data'}", f"--workdir={tmp_path / 'cmp'}", *args]
   )
+  out, err = capsys.readouterr()
+  return rc, out, err
 
 
-def test_smoke_comparison_writes_results_and_resumes(tmp_path):
-  first = _run(tmp_path, "--arms=1")
-  assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+def test_smoke_comparison_writes_results_and_resumes(tmp_path, capsys, monkeypatch):
+  for name, value in main_runner.main_env(1).items():
+    monkeypatch.setenv(name, value)
+  rc, out, err = _run(tmp_path, capsys, "--arms=1")
+  assert rc == 0, out[-2000:] + err[-3000:]
   work = tmp_path / "cmp"
   arm1 = work / "1_dlrm_sgd"
-  assert "main.py --flagfile=" in first.stdout  # each arm's command is printed
+  assert "main.py --flagfile=" in out  # each arm's command is printed
   mtime = (arm1 / "metrics.jsonl").stat().st_mtime_ns
 
   # Arm 1 is finished: a larger comparison in the same workdir does not retrain it.
-  second = _run(tmp_path, "--arms=1,3")
-  assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
-  assert "arm 1 (1_dlrm_sgd): finished earlier, not retrained" in second.stdout
+  rc, out, err = _run(tmp_path, capsys, "--arms=1,3")
+  assert rc == 0, out[-2000:] + err[-3000:]
+  assert "arm 1 (1_dlrm_sgd): finished earlier, not retrained" in out
   assert (arm1 / "metrics.jsonl").stat().st_mtime_ns == mtime
   assert len(json.loads((arm1 / "arm.json").read_text())["runs"]) == 1
 
@@ -138,9 +131,10 @@ def test_smoke_comparison_writes_results_and_resumes(tmp_path):
     for key in ("validation_accuracy", "test_auc", "test_logloss", "test_accuracy"):
       assert 0 < arm[key] < 1, (key, arm)
     assert arm["samples_per_sec"] > 0 and arm["wall_s"] > 0
+    assert arm["params"] > 0 and 0 < arm["train_accuracy"] < 1
   assert (work / "accuracy.png").stat().st_size > 10_000
   assert "| 3 | dlrm | adagrad | 0.01 |" in (work / "results.md").read_text()
 
   # Other flags in the same workdir are refused, naming the arm directory.
-  third = _run(tmp_path, "--arms=1", "--seed=1")
-  assert third.returncode == 2 and "1_dlrm_sgd was trained with other flags" in third.stderr
+  rc, out, err = _run(tmp_path, capsys, "--arms=1", "--seed=1")
+  assert rc == 2 and "1_dlrm_sgd was trained with other flags" in err
