@@ -317,6 +317,7 @@ def main(argv: list[str]) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+  started = time.monotonic()
   os.makedirs(args.workdir, exist_ok=True)
   try:
     total_steps = prepare_data(args)
@@ -398,7 +399,10 @@ def _compare(args: argparse.Namespace) -> int:
 
   results = collect(args, plan, total_steps)
   write_results(args, results)
-  print(f"results: {args.workdir}/results.md, results.json, accuracy.png")
+  print(
+    f"results: {args.workdir}/results.md, results.json, accuracy.png ({len(todo)} arms trained "
+    f"in {fmt_time(time.monotonic() - started)}, data preparation included)"
+  )
   print(Path(args.workdir, "results.md").read_text())
   if failed:
     print(f"arms {failed} failed; rerun the same command to retry them", file=sys.stderr)
