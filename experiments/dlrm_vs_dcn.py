@@ -473,41 +473,35 @@ def plot(arms: list[dict], path: str, title: str) -> None:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.lines import Line2D
 
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
   for ax, optimizer in zip(axes, ("sgd", "adagrad"), strict=True):
+    handles = []
     for a in (a for a in arms if a["optimizer"] == optimizer):
       records, colour = a["_records"], COLOURS[a["model"]]
-      label = MODEL_LABELS[a["model"]]
       train = [(r["step"], r.get("accuracy")) for r in comparison.training_lines(records)]
       train = [(s, v) for s, v in train if v is not None]
       val = [(r["step"], r["accuracy"]) for r in comparison.evaluations(records, "validation")]
       if train:
-        ax.plot(
-          [s for s, _ in train],
-          [v for _, v in train],
-          "-",
-          color=colour,
-          lw=1.2,
-          label=f"{label} training",
-        )
+        xs, ys = [s for s, _ in train], [v for _, v in train]
+        ax.plot(xs, ys, "-", color=colour, lw=0.9, alpha=0.75)
       if val:
-        ax.plot(
-          [s for s, _ in val],
-          [v for _, v in val],
-          "--o",
-          color=colour,
-          ms=3,
-          lw=1.2,
-          label=f"{label} validation",
-        )
+        xs, ys = [s for s, _ in val], [v for _, v in val]
+        ax.plot(xs, ys, "--o", color=colour, ms=3.5, lw=1.8)
+      if train or val:
+        handles.append(Line2D([], [], color=colour, lw=2, label=MODEL_LABELS[a["model"]]))
+    if handles:
+      handles += [
+        Line2D([], [], color="black", lw=0.9, label="training"),
+        Line2D([], [], color="black", ls="--", marker="o", ms=3.5, lw=1.8, label="validation"),
+      ]
+      ax.legend(handles=handles, fontsize=8, loc="lower right")
     lrs = sorted({a["learning_rate"] for a in arms if a["optimizer"] == optimizer})
     lr_text = f", lr {', '.join(f'{lr:g}' for lr in lrs)}" if lrs else " (not run)"
     ax.set_title(f"{OPTIMIZER_LABELS[optimizer]}{lr_text}")
     ax.set_xlabel("iterations")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend(fontsize=8, loc="lower right")
   axes[0].set_ylabel("accuracy")
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
