@@ -50,12 +50,30 @@ TRAINING_FIELDS = (
   "batch_size",
   "adagrad_eps",
   "adagrad_initial_accumulator",
+  "adagrad_update",
+  "lr_warmup_steps",
+  "lr_decay_start_step",
+  "lr_decay_steps",
+  "lr_decay_power",
   "dataset",
   "synthetic_rows",
   "synthetic_seed",
   "max_ind_range",
   "min_frequency",
 )
+
+# Not a flag: the Adagrad formula. Checkpoints from before the reference's
+# convention lack the field and were trained with eps inside the root.
+ADAGRAD_UPDATE = "g / (sqrt(a) + eps), torch.optim.Adagrad"
+ADAGRAD_FIELDS = ("adagrad_eps", "adagrad_initial_accumulator", "adagrad_update")
+# Fields added after checkpoints existed: the value an older checkpoint implies.
+ADDED_FIELDS = {
+  "adagrad_update": "g / sqrt(a + eps), optax (before dlrm-jax followed the reference)",
+  "lr_warmup_steps": 0,
+  "lr_decay_start_step": 0,
+  "lr_decay_steps": 0,
+  "lr_decay_power": 2.0,
+}
 
 
 @dataclasses.dataclass
@@ -71,6 +89,7 @@ def identity(config: Config, table_names: Sequence[str], table_sizes: Sequence[i
   values = dataclasses.asdict(config)
   out = {k: values[k] for k in MODEL_FIELDS + TRAINING_FIELDS if k in values}
   out.update(table_names=list(table_names), table_sizes=[int(s) for s in table_sizes])
+  out["adagrad_update"] = ADAGRAD_UPDATE
   return json.loads(json.dumps(out))  # tuples -> lists, as they come back from JSON
 
 
@@ -78,11 +97,19 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
   """Raises CheckpointMismatch listing every differing field (model fields always)."""
   saved = meta.get("identity", {})
   fields = MODEL_FIELDS + (TRAINING_FIELDS if resume else ())
+  if ident.get("optimizer") == "sgd" == saved.get("optimizer"):
+    fields = tuple(f for f in fields if f not in ADAGRAD_FIELDS)  # SGD never reads them
   diff = [
-    f"{f}: checkpoint {saved.get(f)!r}, now {ident.get(f)!r}"
+    f"{f}: checkpoint {saved.get(f, ADDED_FIELDS.get(f))!r}, now {ident.get(f)!r}"
     for f in fields
-    if saved.get(f) != ident.get(f)
+    if saved.get(f, ADDED_FIELDS.get(f)) != ident.get(f)
   ]
+  if any(d.startswith(("adagrad_eps", "adagrad_update")) for d in diff):
+    diff.append(
+      "(Adagrad now follows the reference: eps is added after the square root and "
+      "--adagrad_eps defaults to 1e-10, where checkpoints before that change used "
+      "sqrt(a + eps) with eps 1e-7; such a checkpoint cannot continue the same run.)"
+    )
   if diff:
     what = "resume training from" if resume else "load"
     raise CheckpointMismatch(

@@ -15,7 +15,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from dlrm_jax import checkpointing
+from dlrm_jax import checkpointing, schedules
 from dlrm_jax import mesh as mesh_lib
 from dlrm_jax.config import Config
 from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
@@ -43,9 +43,16 @@ class Components:
 def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Components:
   config.validate(mesh.devices.size)
   specs = table_specs(list(table_names), list(table_sizes), config.embedding_dim)
+  lr = schedules.learning_rate(
+    config.learning_rate,
+    config.lr_warmup_steps,
+    config.lr_decay_start_step,
+    config.lr_decay_steps,
+    config.lr_decay_power,
+  )
   sparse_opt = SparseOptimizer(
     config.optimizer,
-    config.learning_rate,
+    lr,
     eps=config.adagrad_eps,
     initial_accumulator=config.adagrad_initial_accumulator,
   )
@@ -64,7 +71,7 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
   )
   dense_tx = dense_optimizer(
     config.optimizer,
-    config.learning_rate,
+    lr,
     eps=config.adagrad_eps,
     initial_accumulator=config.adagrad_initial_accumulator,
   )

@@ -46,8 +46,13 @@ class Config:
   # Defaults train the built-in data to within 0.02 AUC of its teacher in a few
   # CPU minutes; experiments/kaggle.flags sets the reference's 128 / 0.1 / 1.
   learning_rate: float = 2.0
-  adagrad_eps: float = 1e-7
+  adagrad_eps: float = 1e-10  # the reference's (torch.optim.Adagrad), added after the sqrt
   adagrad_initial_accumulator: float = 0.0
+  # Learning-rate policy of the reference (dlrm_jax/schedules.py); all 0: constant.
+  lr_warmup_steps: int = 0
+  lr_decay_start_step: int = 0
+  lr_decay_steps: int = 0
+  lr_decay_power: float = 2.0
   batch_size: int = 1024
   eval_batch_size: int = 8192
   num_epochs: int = 3
@@ -112,6 +117,24 @@ class Config:
         f"--embedding_dim={self.embedding_dim}; with --interaction=dot they must be equal",
       )
     _check(self.learning_rate > 0, f"--learning_rate={self.learning_rate}: must be > 0")
+    _check(
+      self.adagrad_eps > 0,
+      f"--adagrad_eps={self.adagrad_eps}: must be > 0 (with 0, a row whose summed gradient "
+      "is 0 and whose accumulator is 0 becomes NaN)",
+    )
+    _check(
+      self.adagrad_initial_accumulator >= 0,
+      f"--adagrad_initial_accumulator={self.adagrad_initial_accumulator}: must be >= 0",
+    )
+    for name in ("lr_warmup_steps", "lr_decay_start_step", "lr_decay_steps"):
+      _check(getattr(self, name) >= 0, f"--{name}={getattr(self, name)}: must be >= 0")
+    _check(
+      self.lr_decay_start_step >= self.lr_warmup_steps,
+      f"--lr_decay_start_step={self.lr_decay_start_step} is before the end of "
+      f"--lr_warmup_steps={self.lr_warmup_steps}: the warmup must finish before the decay "
+      "starts (the reference's rule; with no decay, set it to the warmup length)",
+    )
+    _check(self.lr_decay_power > 0, f"--lr_decay_power={self.lr_decay_power}: must be > 0")
     for name in ("batch_size", "eval_batch_size"):
       value = getattr(self, name)
       _check(value >= 1, f"--{name}={value}: must be >= 1")

@@ -93,11 +93,38 @@ flags.DEFINE_enum(
   "equivalent (adagrad for rowwise_adagrad).",
 )
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Learning rate of tables and MLPs.")
-flags.DEFINE_float("adagrad_eps", _D.adagrad_eps, "Adagrad epsilon (inside the sqrt, as optax).")
+flags.DEFINE_float(
+  "adagrad_eps",
+  _D.adagrad_eps,
+  "Adagrad epsilon, added after the square root as in torch.optim.Adagrad: "
+  "w -= lr * g / (sqrt(a) + eps). Must be > 0.",
+)
 flags.DEFINE_float(
   "adagrad_initial_accumulator",
   _D.adagrad_initial_accumulator,
-  "Adagrad accumulator's initial value.",
+  "Initial value of every Adagrad accumulator a (per element, or per row for "
+  "rowwise_adagrad); the reference's is 0. Must be >= 0.",
+)
+flags.DEFINE_integer(
+  "lr_warmup_steps",
+  _D.lr_warmup_steps,
+  "Steps of linear learning-rate warmup (the reference's LRPolicyScheduler: the "
+  "update at 0-based step s uses lr * (s + 1) / W while s + 1 < W); 0 = none.",
+)
+flags.DEFINE_integer(
+  "lr_decay_start_step",
+  _D.lr_decay_start_step,
+  "Step at which the polynomial decay starts; must be >= --lr_warmup_steps (as in "
+  "the reference, even without decay).",
+)
+flags.DEFINE_integer(
+  "lr_decay_steps",
+  _D.lr_decay_steps,
+  "Steps N over which the rate decays as lr * ((N - t) / N) ** power at t = s + 1 - "
+  "start, floored at 1e-7, then held; 0 = no decay.",
+)
+flags.DEFINE_float(
+  "lr_decay_power", _D.lr_decay_power, "Power of the decay (the reference's is 2)."
 )
 flags.DEFINE_integer(
   "batch_size", _D.batch_size, "Global training batch (all devices, all processes)."

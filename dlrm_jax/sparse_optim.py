@@ -8,15 +8,20 @@ Adagrad needs the summed gradient anyway (it squares it). Plain SGD on CPU
 skips the sort: XLA:CPU's scatter-add is a serial loop for which duplicates
 cost nothing, while its sort of a batch's ids costs ~10x the scatter.
 
-Formulas match optax so the dense equivalents are an independent check:
+Formulas are the PyTorch reference's (torch.optim.Adagrad and the reference's
+row-wise Adagrad, FBGEMM's EXACT_ROWWISE_ADAGRAD): eps is added AFTER the square
+root, not inside it as optax does. g is a row's gradient summed over the batch.
   sgd:              w -= lr * g
-  adagrad:          a += g**2;            w -= lr * g / sqrt(a + eps)
-  rowwise_adagrad:  a_row += mean(g**2);  w -= lr * g / sqrt(a_row + eps)
+  adagrad:          a += g**2;                    w -= lr * g / (sqrt(a) + eps)
+  rowwise_adagrad:  a_row += mean_d(g**2);        w -= lr * g / (sqrt(a_row) + eps)
+For column-wise shards the row's mean runs over all its columns (a psum across
+the shards holding them), so every shard of a row uses the same a_row.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +33,9 @@ OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 @dataclasses.dataclass(frozen=True)
 class SparseOptimizer:
   name: str
-  learning_rate: float
-  eps: float = 1e-7
+  # A float, or a schedule step -> lr (dlrm_jax.schedules) evaluated by ``lr_at``.
+  learning_rate: float | Callable[[jax.Array], jax.Array]
+  eps: float = 1e-10
   initial_accumulator: float = 0.0
   # None: dedupe unless this is SGD on CPU (see the module docstring).
   dedupe: bool | None = None
@@ -37,6 +43,12 @@ class SparseOptimizer:
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
       raise ValueError(f"--optimizer={self.name!r}: must be one of {', '.join(OPTIMIZERS)}")
+
+  def lr_at(self, step: jax.Array) -> float | jax.Array:
+    """The learning rate of the update made at ``step`` (i32[], 0 for the first update)."""
+    if callable(self.learning_rate):
+      return self.learning_rate(step)
+    return self.learning_rate
 
   def slot_floats_per_row(self, dim: int) -> int:
     return {"sgd": 0, "adagrad": dim, "rowwise_adagrad": 1}[self.name]
@@ -59,6 +71,7 @@ class SparseOptimizer:
     *,
     column_axis: str | None = None,
     full_dim: int | None = None,
+    learning_rate: float | jax.Array | None = None,
   ):
     """Updates the touched rows of ``table`` in place.
 
@@ -70,13 +83,17 @@ class SparseOptimizer:
       column_axis: for column-wise shards, the mesh axis holding the other
         columns (row-wise Adagrad needs the whole row's mean square).
       full_dim: the unsharded embedding width (row-wise Adagrad's mean).
+      learning_rate: this step's rate (f32[] or float, from ``lr_at``); None
+        takes the constant ``self.learning_rate``.
     Returns:
       (table, slots) updated.
     """
     n = rows.shape[0]
     sentinel = table.shape[0]  # out of range: dropped by the scatters below
     rows = jnp.where(valid, rows, sentinel)
-    lr = self.learning_rate
+    lr = self.learning_rate if learning_rate is None else learning_rate
+    if callable(lr):
+      raise ValueError("a scheduled learning rate needs apply(..., learning_rate=lr_at(step))")
     dedupe = self.dedupe
     if dedupe is None:
       dedupe = self.name != "sgd" or jax.default_backend() != "cpu"
@@ -92,14 +109,14 @@ class SparseOptimizer:
     acc = slots["accumulator"]
     if self.name == "adagrad":
       new_acc = acc.at[unique].get(mode="fill", fill_value=0.0) + summed * summed
-      step = summed * lax.rsqrt(new_acc + self.eps)
+      step = summed / (jnp.sqrt(new_acc) + self.eps)
     else:
       square_sum = jnp.sum(summed * summed, axis=1)
       if column_axis is not None:
         square_sum = lax.psum(square_sum, column_axis)
       mean_square = square_sum / (full_dim or table.shape[1])
       new_acc = acc.at[unique].get(mode="fill", fill_value=0.0) + mean_square
-      step = summed * lax.rsqrt(new_acc + self.eps)[:, None]
+      step = summed / (jnp.sqrt(new_acc) + self.eps)[:, None]
     table = table.at[unique].add(-lr * step, mode="drop", indices_are_sorted=True)
     acc = acc.at[unique].set(new_acc, mode="drop", indices_are_sorted=True)
     return table, {"accumulator": acc}

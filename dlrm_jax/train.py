@@ -81,10 +81,13 @@ def _train(
   if restored is not None:
     state, start = restored.state, restored.step
     pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
+    # Training accuracy since the last log line: per-step correct and count sums.
+    pending_correct, pending_count = ([x] for x in restored.meta.get("pending_accuracy", [0, 0]))
     reporting.announce(f"resuming from {restored.path} (step {start})")
   else:
     state = initial_state(c)
     start, pending_losses = 0, []
+    pending_correct, pending_count = [], []
   last_good = start if restored is not None else None
   log = reporting.MetricsLog(
     config.workdir, enabled=is_chief, resume_step=start if restored is not None else None
@@ -122,6 +125,10 @@ def _train(
         "finite": True,
         "config": json.loads(config.to_json()),
         "pending_losses": losses,
+        "pending_accuracy": [
+          float(np.sum(jax.device_get(pending_correct))),
+          float(np.sum(jax.device_get(pending_count))),
+        ],
         "data_position": {"seed": config.seed, "batch_size": config.batch_size, "next_step": step},
         "validation": validation,
       },
@@ -152,6 +159,8 @@ def _train(
       check_batch_ids(batch["sparse"], c.table_sizes)
       state, step_metrics = train_step(state, to_global(batch, mesh))
       pending_losses.append(step_metrics["loss"])
+      pending_correct.append(step_metrics["correct"])
+      pending_count.append(step_metrics["count"])
       throughput.add(config.batch_size)
       bar.update(config.batch_size)
       done = step + 1
@@ -162,7 +171,21 @@ def _train(
           raise diverged(first, f"non-finite training loss {losses[first - done - 1]}")
         loss = float(np.mean(losses))
         pending_losses.clear()
-        log.write({"step": done, "loss": loss, "samples_per_sec": throughput.mark()})
+        # Summed on the host in float64: the mean since the last line, not a mean of means.
+        correct, count = (
+          np.sum(jax.device_get(x), dtype=np.float64) for x in (pending_correct, pending_count)
+        )
+        pending_correct.clear()
+        pending_count.clear()
+        log.write(
+          {
+            "step": done,
+            "loss": loss,
+            "accuracy": float(correct / count) if count else None,
+            "lr": float(step_metrics["lr"]),
+            "samples_per_sec": throughput.mark(),
+          }
+        )
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
       validation = None
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:

@@ -11,11 +11,14 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dlrm_jax.dense_optim import dense_optimizer
 from dlrm_jax.embedding import init_buffers
 from dlrm_jax.mesh import MODEL_AXIS
 from dlrm_jax.model import DenseModel
 from dlrm_jax.planner import BUFFER_SPECS, EmbeddingLayout
 from dlrm_jax.sparse_optim import SparseOptimizer
+
+__all__ = ["TrainState", "create_train_state", "dense_optimizer", "state_shardings", "state_specs"]
 
 
 @flax.struct.dataclass
@@ -27,15 +30,6 @@ class TrainState:
   opt_state: Any  # optax state of params, replicated
   tables: dict[str, jax.Array]  # buffer name -> f32[rows, dim] (see planner)
   slots: dict[str, dict[str, jax.Array]]  # buffer name -> sparse optimizer state
-
-
-def dense_optimizer(
-  name: str, learning_rate: float, *, eps: float = 1e-7, initial_accumulator: float = 0.0
-) -> optax.GradientTransformation:
-  """optax for the MLPs; row-wise Adagrad on tables pairs with plain Adagrad here."""
-  if name == "sgd":
-    return optax.sgd(learning_rate)
-  return optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator, eps=eps)
 
 
 def _slot_spec(buffer: str, slot: jax.ShapeDtypeStruct) -> P:

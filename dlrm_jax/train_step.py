@@ -33,11 +33,16 @@ def make_train_step(
   mesh: Mesh,
   abstract_state: TrainState,
 ) -> Callable:
-  """Returns jitted ``step(state, batch) -> (state, {"loss": mean loss})``; state is donated.
+  """Returns jitted ``step(state, batch) -> (state, metrics)``; state is donated.
 
   Per device: look up embeddings (explicit exchange), differentiate the local
   share of the global-mean loss w.r.t. the dense params and the looked-up rows,
   update the MLPs with optax and the touched table rows in place.
+
+  metrics (f32[] each): ``loss`` (mean over unmasked examples), ``lr`` (the
+  rate of this update, from state.step), ``correct`` and ``count`` (unmasked
+  examples predicted right at probability 0.5, and unmasked examples: sums, so
+  that the host can average over many steps exactly).
   """
 
   def per_device(state: TrainState, batch: dict[str, jax.Array]):
@@ -50,12 +55,15 @@ def make_train_step(
       losses = optax.sigmoid_binary_cross_entropy(logits, batch["label"]) * batch["mask"]
       # Divided by the global count, so that summing over devices gives the
       # global mean: row gradients need no further scaling.
-      return jnp.sum(losses) / count
+      return jnp.sum(losses) / count, logits
 
     with jax.named_scope("dense_forward_backward"):
-      loss, (param_grads, emb_grads) = jax.value_and_grad(local_loss, argnums=(0, 1))(
-        state.params, emb
-      )
+      (loss, logits), (param_grads, emb_grads) = jax.value_and_grad(
+        local_loss, argnums=(0, 1), has_aux=True
+      )(state.params, emb)
+    right = (logits > 0) == (batch["label"] > 0.5)
+    correct = lax.psum(jnp.sum(jnp.where(right, batch["mask"], 0.0)), BATCH_AXES)
+    lr = sparse_opt.lr_at(state.step)
     with jax.named_scope("dense_grad_all_reduce"):
       param_grads = lax.psum(param_grads, BATCH_AXES)
     with jax.named_scope("dense_update"):
@@ -73,11 +81,18 @@ def make_train_step(
           r.valid,
           column_axis=MODEL_AXIS if name == "column" else None,
           full_dim=layout.dim,
+          learning_rate=lr,
         )
     new_state = state.replace(
       step=state.step + 1, params=params, opt_state=opt_state, tables=tables, slots=slots
     )
-    return new_state, {"loss": lax.psum(loss, BATCH_AXES)}
+    metrics = {
+      "loss": lax.psum(loss, BATCH_AXES),
+      "lr": jnp.asarray(lr, jnp.float32),
+      "correct": correct,
+      "count": count.astype(jnp.float32),
+    }
+    return new_state, metrics
 
   specs = state_specs(abstract_state)
   batch_specs = {k: batch_spec() for k in BATCH_KEYS}

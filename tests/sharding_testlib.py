@@ -99,9 +99,10 @@ def reference_logits(dense_model, params, tables, batch):
 
 
 def reference_train(dense_model, params, tables, batches, optimizer: str):
-  """Plain single-device training with whole-table gradients; optax for everything.
+  """Plain single-device training with whole-table gradients; dense_optimizer for everything.
 
-  Row-wise Adagrad has no optax form for tables, so its table update is
+  (dense_optimizer itself is checked against a NumPy loop in test_dense_optim.py.)
+  Row-wise Adagrad has no dense form for tables, so its table update is
   written out here from the formula, independently of sparse_optim.
   """
   tables = [jnp.asarray(t) for t in tables]
@@ -130,8 +131,7 @@ def reference_train(dense_model, params, tables, batches, optimizer: str):
     else:
       acc = [a + jnp.mean(g * g, axis=1) for a, g in zip(table_state, gt, strict=True)]
       tables = [
-        t - LR * g * jax.lax.rsqrt(a + 1e-7)[:, None]
-        for t, g, a in zip(tables, gt, acc, strict=True)
+        t - LR * g / (jnp.sqrt(a) + 1e-10)[:, None] for t, g, a in zip(tables, gt, acc, strict=True)
       ]
       table_state = acc
     return params, tables, opt_state, table_state, loss

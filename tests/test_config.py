@@ -16,6 +16,9 @@ from dlrm_jax.config import Config, ConfigError
     (dict(top_mlp=(512, 2)), "--top_mlp"),
     (dict(interaction="sum"), "--interaction"),
     (dict(learning_rate=0.0), "--learning_rate"),
+    (dict(learning_rate=-1.0), "--learning_rate"),
+    (dict(adagrad_eps=0.0), "--adagrad_eps"),
+    (dict(adagrad_initial_accumulator=-0.1), "--adagrad_initial_accumulator"),
     (dict(sharding="diagonal"), "--sharding"),
   ],
 )

@@ -1,0 +1,42 @@
+"""Resume identity: schedule fields and the Adagrad formula; fields older checkpoints lack."""
+
+import pytest
+
+from dlrm_jax import checkpointing
+from dlrm_jax.config import Config
+from dlrm_jax.faults import CheckpointMismatch
+
+NAMES, SIZES = ["C1", "C2"], [10, 20]
+
+
+def _ident(**changes):
+  return checkpointing.identity(Config(**changes), NAMES, SIZES)
+
+
+def _older(ident, **saved):
+  """The identity a checkpoint written before the schedule and the Adagrad fix would hold."""
+  old = {k: v for k, v in ident.items() if k not in checkpointing.ADDED_FIELDS}
+  return {"identity": {**old, "adagrad_eps": 1e-7, **saved}}
+
+
+def test_older_sgd_checkpoint_resumes():
+  ident = _ident(optimizer="sgd")
+  checkpointing.check_compatible(_older(ident), ident, "ckpt", resume=True)
+
+
+def test_older_adagrad_checkpoint_is_refused_with_the_reason():
+  ident = _ident(optimizer="adagrad")
+  with pytest.raises(CheckpointMismatch, match="after the square root"):
+    checkpointing.check_compatible(_older(ident), ident, "ckpt", resume=True)
+  # Even with the old eps: the formula differs.
+  ident = _ident(optimizer="adagrad", adagrad_eps=1e-7)
+  with pytest.raises(CheckpointMismatch, match="adagrad_update"):
+    checkpointing.check_compatible(_older(ident), ident, "ckpt", resume=True)
+
+
+def test_schedule_change_is_refused_on_resume_only():
+  saved = {"identity": _ident(lr_warmup_steps=5, lr_decay_start_step=5)}
+  ident = _ident()
+  with pytest.raises(CheckpointMismatch, match="lr_warmup_steps"):
+    checkpointing.check_compatible(saved, ident, "ckpt", resume=True)
+  checkpointing.check_compatible(saved, ident, "ckpt", resume=False)  # eval, export: fine
