@@ -280,12 +280,12 @@ def run_arm(arm: Arm, index: str, flagfile: str, armdir: str, total_steps: int, 
           f"arm ETA {fmt_time(left_here)}  all arms ETA {fmt_time(left_all)}",
           flush=True,
         )
-    except KeyboardInterrupt:
-      # Ctrl-C reached main.py too: it saves a checkpoint and exits; let it finish.
-      try:
-        proc.wait(timeout=120)
-      except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        proc.kill()
+    except (KeyboardInterrupt, Interrupted) as e:
+      # Ctrl-C in a terminal reaches main.py too; a SIGTERM sent to this script alone is
+      # passed on. main.py's first signal saves a checkpoint and exits: give it time.
+      if isinstance(e, Interrupted):
+        proc.send_signal(signal.SIGTERM)
+      _wait_or_stop(proc)
       raise
     finally:
       if proc.poll() is None:
@@ -303,13 +303,31 @@ def log_tail(armdir: str, lines: int = 15) -> str:
     return "".join(f.readlines()[-lines:])
 
 
-def _forward_sigterm(signum, frame):
-  raise KeyboardInterrupt  # main.py got its own SIGTERM from the process group, or dies with us
+class Interrupted(Exception):
+  """This script received SIGTERM."""
+
+
+def _on_sigterm(signum, frame):
+  raise Interrupted()
+
+
+def _wait_or_stop(proc: subprocess.Popen) -> None:
+  """Waits for an interrupted main.py to save and exit; signals it (again) if it does not."""
+  try:
+    proc.wait(timeout=60)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGTERM)
+    try:
+      proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+  except (KeyboardInterrupt, Interrupted):  # asked twice: stop now
+    proc.kill()
 
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
-  previous = signal.signal(signal.SIGTERM, _forward_sigterm)
+  previous = signal.signal(signal.SIGTERM, _on_sigterm)
   try:
     return _compare(args)
   finally:
@@ -368,7 +386,7 @@ def _compare(args: argparse.Namespace) -> int:
     print(f"arm {arm.number} ({i}/{len(todo)} to run): {command_of(flagfile)}", flush=True)
     try:
       rc, wall = run_arm(arm, f"{i}/{len(todo)}", flagfile, armdir, total_steps, eta)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
       print(
         f"\ninterrupted during arm {arm.number}; run the same command again to resume",
         file=sys.stderr,
