@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-# Runnable as `python benchmarks/<name>.py` from anywhere without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.data.store import open_split

@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-# Runnable as `python benchmarks/<name>.py` from anywhere without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlrm_jax.data.preprocess import preprocess_criteo
 from dlrm_jax.data.synthetic import generate_criteo_tsv

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-# Runnable as `python benchmarks/<name>.py` from anywhere without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dlrm_jax.embedding import exchange_bytes  # noqa: E402
-from dlrm_jax.planner import plan_layout  # noqa: E402
-from dlrm_jax.sparse_optim import OPTIMIZERS, SparseOptimizer  # noqa: E402
-from dlrm_jax.specs import table_specs  # noqa: E402
+from dlrm_jax.embedding import exchange_bytes
+from dlrm_jax.planner import plan_layout
+from dlrm_jax.sparse_optim import OPTIMIZERS, SparseOptimizer
+from dlrm_jax.specs import table_specs
 
 # The reference's table sizes (dlrm_s_pytorch.py): Kaggle with no id limit,
 # Terabyte with ids % 10M; dims and batches of the reference configs.

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-
-# Runnable as `python benchmarks/<name>.py` from anywhere without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, NUM_DENSE, SPARSE_NAMES
 from dlrm_jax.interaction import interaction_width

@@ -15,7 +15,11 @@ from dlrm_jax.sparse_optim import OPTIMIZERS
 _D = Config()  # defaults live in one place: the dataclass
 
 # Run.
-flags.DEFINE_string("workdir", _D.workdir, "Output directory: config.json, metrics.jsonl.")
+flags.DEFINE_string(
+  "workdir",
+  _D.workdir,
+  "Output directory: config.json, metrics.jsonl, tensorboard/, curves.png, checkpoints/.",
+)
 flags.DEFINE_enum(
   "mode",
   _D.mode,

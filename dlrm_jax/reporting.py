@@ -1,4 +1,4 @@
-"""What a run leaves in its workdir (config.json, metrics.jsonl) and shows on the terminal."""
+"""What a run leaves in its workdir (config.json, metrics.jsonl, TensorBoard) and shows."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import tqdm
 from absl import logging
 
 from dlrm_jax.config import Config
+from dlrm_jax.tensorboard_log import TensorBoardLog
 
 
 def announce(message: str) -> None:
@@ -41,15 +42,29 @@ class MetricsLog:
   step: records of later steps (written after that checkpoint, then lost) are
   dropped, so the file continues without duplicate steps. Evaluation records
   are written once per (step, split) even if an evaluation is redone.
+
+  Every record written also goes to TensorBoard (workdir/tensorboard, see
+  tensorboard_log.py) in the same call, so the two cannot diverge.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    enabled: bool = True,
+    resume_step: int | None = None,
+    tensorboard: bool = True,
+  ):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tensorboard_dir = os.path.join(workdir, "tensorboard")
     self.enabled = enabled
     self._evals: set[tuple[int, str]] = set()
+    self._tb: TensorBoardLog | None = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    if tensorboard:
+      self._tb = TensorBoardLog(self.tensorboard_dir, resume_step=resume_step)
     if resume_step is None:
       if os.path.exists(self.path):
         os.remove(self.path)
@@ -84,6 +99,18 @@ class MetricsLog:
     }
     with open(self.path, "a") as f:
       f.write(json.dumps(clean) + "\n")
+    if self._tb is not None:
+      self._tb.write(clean)
+
+  def write_config(self, config: Config, step: int) -> None:
+    """The resolved config as text in TensorBoard (config.json holds it too)."""
+    if self._tb is not None:
+      self._tb.write_config(config.to_json(), step)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
 
 
 class Throughput:

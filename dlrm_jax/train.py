@@ -92,6 +92,7 @@ def _train(
   log = reporting.MetricsLog(
     config.workdir, enabled=is_chief, resume_step=start if restored is not None else None
   )
+  log.write_config(config, start)
   train_step = make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract)
   eval_step = make_eval_step(c.model, c.layout, mesh, abstract)
   snapshot = checkpointing.make_snapshot(c.layout, abstract, mesh, config.seed)
@@ -231,4 +232,5 @@ def _train(
   }
   if best is not None:
     results["best_possible_auc"] = best
+  log.close()  # flushed after every record, so a run that raises loses no event either
   return results

@@ -4,6 +4,7 @@ import json
 
 import main_runner
 import pytest
+from tensorboard_testlib import assert_events_match_metrics
 
 
 def run_main(tmp_path, *args, timeout=240):
@@ -42,6 +43,13 @@ def test_tiny_run_leaves_config_and_metrics(tmp_path):
   metadata = json.loads((processed / "metadata.json").read_text())
   assert test["num_examples"] == metadata["num_rows"]["test"] == 1429  # 20000 // 7 + 1, halved
   assert 0.5 < test["auc"] <= 1.0
+  # TensorBoard holds the same numbers; the plot and the closing summary are there.
+  scalars = assert_events_match_metrics(work)
+  assert {"train/loss", "train/samples_per_sec", "validation/auc", "test/logloss"} <= set(scalars)
+  assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  summary = proc.stdout[proc.stdout.index("finished 40 steps") :]
+  assert f"TensorBoard: tensorboard --logdir {work}/tensorboard" in summary
+  assert f"curves:      {work}/curves.png" in summary and "time: " in summary
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from main_runner import run_main, start_main
+from tensorboard_testlib import assert_events_match_metrics
 
 # Checkpoint every 10 steps, validate at 20 and 40 (tiny.flags), one device.
 ARGS = ("--checkpoint_every_steps=10", "--keep_checkpoints=2")
@@ -83,6 +84,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data, reference):
   # metrics.jsonl continues without duplicates, with the uninterrupted run's numbers.
   strip = lambda rs: [{k: v for k, v in r.items() if k != "samples_per_sec"} for r in rs]
   assert strip(metrics(work)) == strip(metrics(reference))
+  # TensorBoard, read by its own reader, shows exactly those records: the events logged
+  # after checkpoint 10 and lost with the kill are hidden by the resumed run's restart mark.
+  assert_events_match_metrics(work)
 
 
 def test_sigterm_saves_at_step_boundary_and_says_how_to_resume(tmp_path, data):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tensorboard_testlib import assert_events_match_metrics
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
 
@@ -94,6 +96,11 @@ def test_sharding_two_processes_match_one(tmp_path):
   for p, (_, err) in zip((flags_proc, env_proc), outs, strict=True):
     assert p.returncode == 0, err[-3000:]
   assert "test AUC" in outs[0][0]
+  assert "test AUC" not in outs[1][0]  # process 0 alone prints the summary
+  # Process 0 alone writes TensorBoard (two writers would duplicate every step) and the plot.
+  assert len(list((work / "tensorboard").glob("events.out.tfevents.*"))) == 1
+  assert_events_match_metrics(work)
+  assert (work / "curves.png").exists()
 
   losses_1, test_1 = records(tmp_path / "one")
   losses_2, test_2 = records(work)

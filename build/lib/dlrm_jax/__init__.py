@@ -1,0 +1,1 @@
+"""dlrm-jax: DLRM in JAX/Flax with sharded embedding tables."""

@@ -1,0 +1,4 @@
+"""Criteo data.
+
+Raw-format parsing, preprocessing, the synthetic generator and host batch loading.
+"""

@@ -1,0 +1,150 @@
+"""Host-side batch loading from preprocessed splits.
+
+Deterministic, resumable, per-process slices.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from dlrm_jax.data import criteo_format as cf
+from dlrm_jax.data import prefetch
+from dlrm_jax.data.store import SplitArrays
+
+Batch = dict[str, np.ndarray]
+
+
+def validate_table_sizes(metadata: dict[str, Any], table_sizes: Sequence[int]) -> None:
+  """Raise ValueError naming the feature when the data's ids do not fit the model's tables.
+
+  metadata["table_sizes"][t] is max id + 1 of feature t; the model's table t
+  needs at least that many rows (JAX would otherwise clamp or drop silently).
+  """
+  data_sizes = list(metadata["table_sizes"])
+  if len(table_sizes) != len(data_sizes):
+    raise ValueError(
+      f"model has {len(table_sizes)} tables but the data has {len(data_sizes)} sparse features"
+    )
+  names = metadata.get("sparse_names", cf.SPARSE_NAMES)
+  bad = [
+    f"{names[t]}: data ids need {need} rows, model table has {have}"
+    for t, (need, have) in enumerate(zip(data_sizes, table_sizes, strict=True))
+    if have < need
+  ]
+  if bad:
+    raise ValueError("sparse ids out of range for the model's embedding tables: " + "; ".join(bad))
+
+
+def check_batch_ids(sparse: np.ndarray, table_sizes: Sequence[int]) -> None:
+  """Raise ValueError if any id in sparse i32[b, T] is negative or >= its table's size."""
+  sizes = np.asarray(table_sizes)
+  bad = (sparse < 0) | (sparse >= sizes[None, :])
+  if bad.any():
+    t = int(np.argmax(bad.any(axis=0)))
+    raise ValueError(f"{cf.SPARSE_NAMES[t]}: id out of range [0, {sizes[t]}) in batch")
+
+
+class BatchLoader:
+  """Global batches of one split, each process taking its contiguous slice of every global batch.
+
+  shuffle=True (training): every epoch is a permutation drawn from (seed, epoch),
+  the last partial batch is dropped, and batch `step` is a pure function of
+  (seed, step), so a resumed run sees exactly the batches of an uninterrupted one.
+  shuffle=False (evaluation): all rows in file order; the last global batch is
+  padded to full size and `mask` is 0 on padding, so every row counts once.
+  Batches: dense f32[b, 13], sparse i32[b, 26], label f32[b], mask f32[b],
+  b = batch_size // process_count.
+  """
+
+  def __init__(
+    self,
+    arrays: SplitArrays,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = 2,
+  ) -> None:
+    if batch_size <= 0 or batch_size % process_count:
+      raise ValueError(
+        f"global batch {batch_size} must be a positive multiple of process_count={process_count}"
+      )
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    self.arrays = arrays
+    self.batch_size = batch_size
+    self.local_batch_size = batch_size // process_count
+    self.shuffle = shuffle
+    self.seed = seed
+    self.process_index = process_index
+    self.process_count = process_count
+    self.prefetch = prefetch
+    n = arrays.num_rows
+    self.batches_per_epoch = n // batch_size if shuffle else -(-n // batch_size)
+    if self.batches_per_epoch == 0:
+      raise ValueError(f"split has {n} rows, fewer than one training batch of {batch_size}")
+    self._perm_cache: tuple[int, np.ndarray] | None = None
+    self._lock = threading.Lock()
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if self._perm_cache is None or self._perm_cache[0] != epoch:
+        rng = np.random.default_rng([self.seed, epoch])
+        self._perm_cache = (epoch, rng.permutation(self.arrays.num_rows))
+      return self._perm_cache[1]
+
+  def _local_range(self, batch_in_epoch: int) -> tuple[int, int]:
+    start = batch_in_epoch * self.batch_size + self.process_index * self.local_batch_size
+    return start, start + self.local_batch_size
+
+  def get_batch(self, step: int) -> Batch:
+    """This process's part of global batch `step` (training steps run across epochs)."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    epoch, within = divmod(step, self.batches_per_epoch)
+    lo, hi = self._local_range(within)
+    a = self.arrays
+    if self.shuffle:
+      # Sorted rows read the memmap/array front to back; order within a batch does not matter.
+      rows = np.sort(self._permutation(epoch)[lo:hi])
+      return {
+        "dense": a.dense[rows],
+        "sparse": a.sparse[rows],
+        "label": a.label[rows],
+        "mask": np.ones(self.local_batch_size, np.float32),
+      }
+    real = max(0, min(hi, a.num_rows) - lo)
+    b = self.local_batch_size
+    batch = {
+      "dense": np.zeros((b, cf.NUM_DENSE), np.float32),
+      "sparse": np.zeros((b, a.sparse.shape[1]), np.int32),
+      "label": np.zeros(b, np.float32),
+      "mask": np.zeros(b, np.float32),
+    }
+    if real:
+      batch["dense"][:real] = a.dense[lo : lo + real]
+      batch["sparse"][:real] = a.sparse[lo : lo + real]
+      batch["label"][:real] = a.label[lo : lo + real]
+      batch["mask"][:real] = 1.0
+    return batch
+
+  def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[Batch]:
+    """Batches start_step, start_step+1, ... built ahead in a background thread.
+
+    num_steps=None: forever when shuffling, to the end of the pass otherwise.
+    """
+    if num_steps is None and not self.shuffle:
+      num_steps = max(0, self.batches_per_epoch - start_step)
+    steps = (
+      itertools.count(start_step)
+      if num_steps is None
+      else range(start_step, start_step + num_steps)
+    )
+    return prefetch.background((self.get_batch(step) for step in steps), depth=self.prefetch)

@@ -1,0 +1,226 @@
+"""Reference-compatible Criteo preprocessing.
+
+Raw TSV (Kaggle or Terabyte days) -> columnar .npy splits + metadata.json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from dlrm_jax.data import bad_rows, columns, prefetch, store, terabyte, tsv_parser
+from dlrm_jax.data import criteo_format as cf
+from dlrm_jax.data import splits as splits_lib
+from dlrm_jax.data import vocab as vocab_lib
+from dlrm_jax.data.streaming import (
+  SUB_SAMPLE_RULE,
+  Segment,
+  chunk_bytes_for,
+  dense_transform,
+  stream,
+)
+
+
+def check_raw_file(path: str, *, labeled: bool = True) -> None:
+  """Clear errors for a missing or empty file, and for a file with(out) the label column."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such file")
+  head = tsv_parser.first_line(path)
+  if os.path.getsize(path) == 0 or not head:
+    raise bad_rows.BadRowError(f"{path}: the file is empty (no rows); re-download or re-extract it")
+  fields = head.count(b"\t") + 1
+  if labeled and fields == cf.NUM_FIELDS - 1:
+    raise bad_rows.BadRowError(
+      f"{path}: lines have {fields} fields, no label column: "
+      f"this looks like Kaggle's unlabeled test.txt. "
+      f"Training and evaluation need labelled rows (train.txt); score unlabeled files with "
+      f"--mode=predict --predict_file={path}"
+    )
+  if not labeled and fields == cf.NUM_FIELDS:
+    raise bad_rows.BadRowError(
+      f"{path}: lines have {fields} fields, i.e. a label column; "
+      f"--predict_file expects unlabeled rows "
+      f"(Kaggle's test.txt, {cf.NUM_FIELDS - 1} fields). Evaluate labelled data with --mode=eval"
+    )
+
+
+def preprocess_criteo(
+  raw_files: list[str],
+  out_dir: str,
+  *,
+  dataset: str = "kaggle",
+  max_ind_range: int = 0,
+  min_frequency: int = 1,
+  sub_sample_rate: float = 0.0,
+  sub_sample_seed: int = 0,
+  strict: bool = False,
+  chunk_rows: int = 1 << 19,
+  num_days: int = cf.KAGGLE_NUM_DAYS,
+  progress: bool = True,
+  extra_metadata: dict[str, Any] | None = None,
+  overwrite: bool = False,
+) -> dict[str, Any]:
+  """Preprocess raw Criteo TSV files into `out_dir`; returns the metadata.
+
+  dataset="kaggle": `raw_files` are concatenated and cut into `num_days`
+  consecutive days of physical lines (splits.split_ranges: the last day halved
+  into test, then validation). dataset="terabyte": one file per day (gzip or
+  not), the last one halved; each day is cached under out_dir/days/ and reused
+  (see terabyte.py).
+  Output per split in ("train", "test", "validation"):
+    {split}_dense.npy f32[N, 13], {split}_sparse.npy i32[N, 26], {split}_label.npy f32[N],
+  plus vocab.npz and metadata.json (written last: its presence means finished).
+  Dense: log(max(x, 0) + 1), missing -> 0. Sparse ids: per feature, the training
+  days' values (after % max_ind_range when > 0) with count >= min_frequency,
+  sorted, get ids 1..V; id 0 is missing, unseen in training, or rare; table size V + 1.
+  Negatives of training days are dropped per SUB_SAMPLE_RULE when sub_sample_rate > 0.
+  Bad rows are skipped and counted (metadata["bad_rows"]), or raise BadRowError
+  with their file:line when strict. chunk_rows bounds memory.
+  A finished directory made from the same files (path, size, mtime) and options
+  is reused unless overwrite=True.
+  """
+  if dataset not in ("kaggle", "terabyte"):
+    raise ValueError(f"dataset={dataset!r}: expected kaggle or terabyte")
+  if not raw_files:
+    raise ValueError("no raw files given")
+  if max_ind_range < 0 or min_frequency < 1 or not 0.0 <= sub_sample_rate < 1.0:
+    raise ValueError("need max_ind_range >= 0, min_frequency >= 1 and 0 <= sub_sample_rate < 1")
+  for path in raw_files:
+    check_raw_file(path, labeled=True)
+  if dataset == "terabyte":
+    num_days = len(raw_files)
+  options = {
+    "format_version": store.FORMAT_VERSION,
+    "dataset": dataset,
+    "max_ind_range": int(max_ind_range),
+    "min_frequency": int(min_frequency),
+    "num_days": int(num_days),
+    "sub_sample_rate": float(sub_sample_rate),
+    "sub_sample_seed": int(sub_sample_seed),
+    "source": store.source_fingerprint(raw_files),
+  }
+  report = bad_rows.BadRowReport(strict=strict)
+  if not overwrite and (meta := store.cached_metadata(out_dir, options)) is not None:
+    report.merge(meta.get("bad_rows", {}))
+    return meta
+  os.makedirs(out_dir, exist_ok=True)
+  meta_path = os.path.join(out_dir, store.METADATA_FILE)
+  if os.path.exists(meta_path):
+    os.remove(meta_path)  # the old files are about to be replaced one by one
+
+  start = time.perf_counter()
+  if dataset == "terabyte":
+    meta = terabyte.preprocess_days(
+      raw_files,
+      out_dir,
+      options,
+      report,
+      chunk_rows=chunk_rows,
+      progress=progress,
+      overwrite=overwrite,
+    )
+  else:
+    meta = _preprocess_kaggle(raw_files, out_dir, options, report, chunk_rows, progress)
+  meta["seconds"] = round(time.perf_counter() - start, 3)
+  if extra_metadata:
+    meta.update(extra_metadata)
+  store.write_json_atomic(meta_path, meta)
+  return meta
+
+
+def _preprocess_kaggle(
+  raw_files: list[str],
+  out_dir: str,
+  options: dict[str, Any],
+  report: bad_rows.BadRowReport,
+  chunk_rows: int,
+  progress: bool,
+) -> dict[str, Any]:
+  num_days = options["num_days"]
+  num_lines = sum(tsv_parser.count_lines(p) for p in raw_files)
+  ranges = splits_lib.split_ranges(num_lines, num_days)
+  days = splits_lib.day_row_counts(num_lines, num_days)
+  writers = {s: columns.ColumnsWriter(out_dir, s, with_missing=True) for s in splits_lib.SPLITS}
+  day_starts = np.concatenate([[0], np.cumsum(days)]).tolist()
+  segments = [
+    Segment(day_starts[d], day_starts[d + 1], writers["train"], d, True)
+    for d in range(num_days - 1)
+  ]
+  segments += [Segment(*ranges[s], writers[s], num_days - 1, False) for s in ("test", "validation")]
+  counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)]
+  stats = stream(
+    raw_files,
+    segments,
+    report,
+    max_ind_range=options["max_ind_range"],
+    sub_sample_rate=options["sub_sample_rate"],
+    sub_sample_seed=options["sub_sample_seed"],
+    chunk_bytes=chunk_bytes_for(raw_files, chunk_rows),
+    counters=counters,
+    progress=progress,
+    progress_total=num_lines,
+  )
+  if stats["lines"] != num_lines:
+    raise RuntimeError(
+      f"parsed {stats['lines']} lines but counted {num_lines}: did the files change?"
+    )
+  if stats["rows"] == 0:
+    raise bad_rows.BadRowError(f"no usable rows in {', '.join(raw_files)}: {report.summary()}")
+  for w in writers.values():
+    w.close()
+  counted = [c.result() for c in counters]
+  vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"]) for v, c in counted]
+  columns.remap_in_place(list(writers.values()), vocab_lib.build_tables(vocabs), progress)
+  for w in writers.values():
+    w.commit(keep_missing=False)
+  return store.finish_outputs(
+    out_dir,
+    options,
+    vocabs,
+    counted,
+    writers,
+    report,
+    {
+      "sub_sample_rule": SUB_SAMPLE_RULE,
+      "num_lines": num_lines,
+      "line_ranges": {s: list(r) for s, r in ranges.items()},
+      "day_line_counts": days,
+      "dropped_negatives": stats["dropped_negatives"],
+    },
+  )
+
+
+def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19):
+  """A raw unlabeled Criteo file (Kaggle test.txt: 39 fields) encoded with `processed_dir`'s
+  training vocabulary and options, exactly as preprocessing encodes rows -> store.SplitArrays
+  (label all 0).
+
+  Every line must be good (each line is one Id of a submission), so a bad row raises
+  BadRowError with its file:line.
+  """
+  meta = store.read_metadata(processed_dir)
+  check_raw_file(path, labeled=False)
+  tables = vocab_lib.build_tables(store.load_vocab(processed_dir, meta["sparse_names"]))
+  max_ind_range = int(meta.get("max_ind_range", 0))
+  report = bad_rows.BadRowReport(strict=True)
+  dense, sparse = [], []
+  with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    chunks = tsv_parser.iter_parsed(
+      path, report, labeled=False, chunk_bytes=chunk_bytes_for([path], chunk_rows)
+    )
+    for parsed in prefetch.background(chunks):
+      chunk = parsed.raw
+      if 0 < max_ind_range < 2**32:
+        chunk.cat_t[...] %= np.uint32(max_ind_range)
+      dense.append(dense_transform(chunk.dense))
+      bits = np.packbits(chunk.missing_t, axis=0).T
+      sparse.append(columns.remap_block(chunk.cat_t.T, bits, tables, pool))
+  dense_all = np.concatenate(dense) if dense else np.zeros((0, cf.NUM_DENSE), np.float32)
+  sparse_all = np.concatenate(sparse) if sparse else np.zeros((0, cf.NUM_SPARSE), np.int32)
+  return store.SplitArrays(
+    dense=dense_all, sparse=sparse_all, label=np.zeros(dense_all.shape[0], np.float32)
+  )

@@ -1,0 +1,161 @@
+"""The preprocessed directory's on-disk format: names, metadata.json, vocab.npz, split arrays.
+
+Writers (preprocess.py, terabyte.py, columns.py) and the reader (loader.py) both
+depend on this module and on nothing of each other. A directory holds, per split
+in splits.SPLITS, {split}_dense.npy f32[N, 13], {split}_sparse.npy i32[N, 26] and
+{split}_label.npy f32[N]; vocab.npz (per feature its sorted raw values); and
+metadata.json, written last: its presence means the directory is finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dlrm_jax.data import bad_rows
+from dlrm_jax.data import criteo_format as cf
+from dlrm_jax.data import splits as splits_lib
+
+FORMAT_VERSION = 2
+METADATA_FILE = "metadata.json"
+VOCAB_FILE = "vocab.npz"
+# Suffix of a file still being written; it is renamed into place when complete.
+PARTIAL = ".partial"
+FIELDS: tuple[str, ...] = ("dense", "sparse", "label")
+# Splits smaller than this are copied into RAM: random row gathers from a
+# memmap pay page-cache lookups that plain arrays do not.
+_IN_MEMORY_BYTES = 4 << 30
+
+
+def split_file(out_dir: str, split: str, field: str) -> str:
+  """Path of one output array, e.g. train_sparse.npy."""
+  return os.path.join(out_dir, f"{split}_{field}.npy")
+
+
+def source_fingerprint(raw_files: Sequence[str]) -> list[dict[str, Any]]:
+  """(absolute path, size, mtime) of each raw file: part of a cached directory's identity."""
+  out = []
+  for path in raw_files:
+    st = os.stat(path)
+    out.append({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+  return out
+
+
+def write_json_atomic(path: str, obj: dict[str, Any]) -> None:
+  """Write JSON to a temporary name, fsync, then rename: readers see all of it or nothing."""
+  tmp = path + PARTIAL
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_metadata(processed_dir: str) -> dict[str, Any]:
+  """metadata.json of a finished preprocessing run."""
+  path = os.path.join(processed_dir, METADATA_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f"{path} missing: {processed_dir} is not a finished preprocessed directory"
+    )
+  with open(path) as f:
+    return json.load(f)
+
+
+def cached_metadata(out_dir: str, expected: dict[str, Any]) -> dict[str, Any] | None:
+  """The metadata of a finished directory whose options equal `expected`, else None."""
+  path = os.path.join(out_dir, METADATA_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    meta = json.load(f)
+  if any(meta.get(k) != v for k, v in expected.items()):
+    return None
+  for split in splits_lib.SPLITS:
+    for field in FIELDS:
+      if not os.path.exists(split_file(out_dir, split, field)):
+        return None
+  return meta
+
+
+def save_vocab(out_dir: str, vocabs: Sequence[np.ndarray]) -> None:
+  """vocab.npz: per sparse feature its vocabulary uint32[v] (value vocab[k] has id k + 1)."""
+  tmp = os.path.join(out_dir, VOCAB_FILE + PARTIAL + ".npz")
+  np.savez(tmp, **{name: v for name, v in zip(cf.SPARSE_NAMES, vocabs, strict=True)})
+  os.replace(tmp, os.path.join(out_dir, VOCAB_FILE))
+
+
+def load_vocab(processed_dir: str, names: Sequence[str]) -> list[np.ndarray]:
+  """The vocabularies saved by save_vocab, in the order of `names`."""
+  with np.load(os.path.join(processed_dir, VOCAB_FILE)) as z:
+    return [z[name] for name in names]
+
+
+def finish_outputs(
+  out_dir: str,
+  options: dict[str, Any],
+  vocabs: list[np.ndarray],
+  counted: list[tuple[np.ndarray, np.ndarray]],
+  writers: dict[str, Any],
+  report: bad_rows.BadRowReport,
+  extra: dict[str, Any],
+) -> dict[str, Any]:
+  """Saves the vocabularies; returns the metadata shared by Kaggle and Terabyte, plus ``extra``.
+
+  ``counted``: per feature (distinct training values, counts); ``writers``: split -> its
+  committed writer (``rows``, ``positives``).
+  """
+  save_vocab(out_dir, vocabs)
+  rows = {s: w.rows for s, w in writers.items()}
+  positives = {s: w.positives for s, w in writers.items()}
+  return {
+    **options,
+    "table_sizes": [int(v.size) + 1 for v in vocabs],
+    "num_rows": rows,
+    "positive_rate": {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in rows},
+    "distinct_train_values": [int(v.size) for v, _ in counted],
+    "num_dense": cf.NUM_DENSE,
+    "num_sparse": cf.NUM_SPARSE,
+    "dense_names": list(cf.DENSE_NAMES),
+    "sparse_names": list(cf.SPARSE_NAMES),
+    "dense_transform": "log(max(x, 0) + 1) in float32; missing -> 0",
+    "id_convention": (
+      "per feature, training-days values (after % max_ind_range) sorted ascending get ids 1..V; "
+      "id 0 = missing, unseen in training, or rarer than min_frequency; table size V + 1"
+    ),
+    "bad_rows": report.to_json(),
+    "bad_rows_summary": report.summary(),
+    **extra,
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitArrays:
+  """One split's columns: dense f32[N, 13], sparse i32[N, 26], label f32[N] (memmaps or arrays)."""
+
+  dense: np.ndarray
+  sparse: np.ndarray
+  label: np.ndarray
+
+  @property
+  def num_rows(self) -> int:
+    return int(self.label.shape[0])
+
+
+def open_split(processed_dir: str, split: str, *, in_memory: bool | None = None) -> SplitArrays:
+  """Open one split; in_memory=None loads it into RAM when it is under 4 GiB, else memory-maps."""
+  read_metadata(processed_dir)  # refuse half-written directories
+  arrays = {f: np.load(split_file(processed_dir, split, f), mmap_mode="r") for f in FIELDS}
+  n = arrays["label"].shape[0]
+  if arrays["dense"].shape != (n, cf.NUM_DENSE) or arrays["sparse"].shape[0] != n:
+    raise ValueError(f"{processed_dir}/{split}: inconsistent array shapes")
+  if in_memory is None:
+    in_memory = sum(a.nbytes for a in arrays.values()) < _IN_MEMORY_BYTES
+  if in_memory:
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+  return SplitArrays(**arrays)

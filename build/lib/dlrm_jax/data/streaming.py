@@ -1,0 +1,131 @@
+"""One pass over raw Criteo files: parse, sub-sample, route rows to split writers.
+
+Shared by the Kaggle path (preprocess.py) and the per-day Terabyte path
+(terabyte.py); training rows' raw values are counted here for the vocabularies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dlrm_jax.data import bad_rows, columns, prefetch, tsv_parser
+from dlrm_jax.data import vocab as vocab_lib
+
+SUB_SAMPLE_RULE = (
+  "each physical line k (0-based, bad lines included) of training day d draws u_k, the k-th "
+  "np.random.default_rng([sub_sample_seed, d]).random(); a negative row is dropped when u_k < "
+  "sub_sample_rate (the reference's rule: 0.875 keeps 12.5% of negatives); positives, the test "
+  "and the validation day are never dropped"
+)
+
+
+def dense_transform(raw: np.ndarray) -> np.ndarray:
+  """int64[n, 13] raw counts (missing already 0) -> float32 log(max(x, 0) + 1), as the reference."""
+  return np.log(np.maximum(raw, 0).astype(np.float32) + np.float32(1.0))
+
+
+def chunk_bytes_for(raw_files: Sequence[str], chunk_rows: int) -> int:
+  """Bytes per parsed chunk so that a chunk holds about chunk_rows rows."""
+  with tsv_parser.open_raw(raw_files[0]) as f:
+    head = f.read(1 << 20)
+  lines = max(head.count(b"\n"), 1)
+  return max(int(chunk_rows * len(head) / lines), 1 << 16)
+
+
+class _Subsampler:
+  """Draws one uniform per physical line of each training day, in order (see SUB_SAMPLE_RULE)."""
+
+  def __init__(self, rate: float, seed: int) -> None:
+    self.rate, self.seed = rate, seed
+    self._state: dict[int, tuple[np.random.Generator, int]] = {}
+
+  def uniforms(self, day: int, day_first_line: int, lo: int, hi: int) -> np.ndarray:
+    """u for lines [lo, hi) (global line numbers) of `day`, which starts at day_first_line."""
+    rng, pos = self._state.get(day) or (np.random.default_rng([self.seed, day]), day_first_line)
+    if lo < pos:
+      raise RuntimeError("sub-sampling lines were requested out of order")
+    u = rng.random(hi - pos)[lo - pos :]
+    self._state[day] = (rng, hi)
+    return u
+
+
+@dataclasses.dataclass
+class Segment:
+  """Lines [lo, hi) of the (concatenated) raw input that go to `writer`; `day` numbers the day."""
+
+  lo: int
+  hi: int
+  writer: columns.ColumnsWriter
+  day: int
+  train: bool
+
+
+def _chunks(
+  raw_files: Sequence[str], report: bad_rows.BadRowReport, chunk_bytes: int
+) -> Iterator[tuple[Any, int]]:
+  offset = 0
+  for path in raw_files:
+    end = 0
+    for parsed in tsv_parser.iter_parsed(path, report, chunk_bytes=chunk_bytes):
+      end = parsed.line_range[1]
+      yield parsed, offset
+    offset += end
+
+
+def stream(
+  raw_files: Sequence[str],
+  segments: Sequence[Segment],
+  report: bad_rows.BadRowReport,
+  *,
+  max_ind_range: int,
+  sub_sample_rate: float,
+  sub_sample_seed: int,
+  chunk_bytes: int,
+  counters: list[vocab_lib.ValueCounter],
+  progress: bool = False,
+  progress_total: int | None = None,
+  desc: str = "parse",
+) -> dict[str, int]:
+  """Parse every row once into its segment's writer: final dense/label, raw (hashed) values as
+  sparse, missing bits; training rows are sub-sampled and counted into `counters`. Returns line/row
+  counts."""
+  sub = _Subsampler(sub_sample_rate, sub_sample_seed)
+  stats = {"lines": 0, "rows": 0, "dropped_negatives": 0}
+  with tqdm(
+    total=progress_total, unit="lines", unit_scale=True, desc=desc, disable=not progress
+  ) as bar:
+    # Parsing the next chunk (pyarrow, GIL released) overlaps this chunk's NumPy work.
+    for parsed, offset in prefetch.background(_chunks(raw_files, report, chunk_bytes)):
+      chunk = parsed.raw
+      lines = parsed.lines + offset
+      c0, c1 = parsed.line_range[0] + offset, parsed.line_range[1] + offset
+      cat_t, missing_t = chunk.cat_t, chunk.missing_t
+      if 0 < max_ind_range < 2**32:  # larger ranges leave uint32 hashes unchanged
+        cat_t %= np.uint32(max_ind_range)
+      dense = dense_transform(chunk.dense)
+      label = chunk.label.astype(np.float32)
+      missing_bits = np.packbits(missing_t, axis=0).T
+      for seg in segments:
+        lo, hi = max(seg.lo, c0), min(seg.hi, c1)
+        if lo >= hi:
+          continue
+        a, b = np.searchsorted(lines, [lo, hi])
+        rows: slice | np.ndarray = slice(a, b)
+        if seg.train and sub_sample_rate > 0:
+          u = sub.uniforms(seg.day, seg.lo, lo, hi)
+          drop = (label[a:b] == 0) & (u[lines[a:b] - lo] < sub_sample_rate)
+          stats["dropped_negatives"] += int(drop.sum())
+          rows = np.flatnonzero(~drop) + a
+        seg.writer.append(dense[rows], label[rows], cat_t[:, rows].T, missing_bits[rows])
+        stats["rows"] += int(label[rows].shape[0])
+        if seg.train:
+          for j, counter in enumerate(counters):
+            counter.add(cat_t[j, rows][~missing_t[j, rows]])
+      stats["lines"] += c1 - c0
+      bar.update(c1 - c0)
+  return stats

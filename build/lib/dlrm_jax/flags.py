@@ -1,0 +1,242 @@
+"""absl flag definitions and their conversion into a Config; nothing else reads FLAGS."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from dlrm_jax.config import DATASETS, MODES, Config, ConfigError
+from dlrm_jax.interaction import INTERACTIONS
+from dlrm_jax.mesh import parse_mesh_shape
+from dlrm_jax.planner import PLANS
+from dlrm_jax.sparse_optim import OPTIMIZERS
+
+_D = Config()  # defaults live in one place: the dataclass
+
+# Run.
+flags.DEFINE_string(
+  "workdir",
+  _D.workdir,
+  "Output directory: config.json, metrics.jsonl, tensorboard/, curves.png, checkpoints/.",
+)
+flags.DEFINE_enum(
+  "mode",
+  _D.mode,
+  MODES,
+  "train (resumes from --workdir's latest checkpoint, then evaluates); eval "
+  "(--split of --checkpoint); predict (scores to a CSV); export (jax.export "
+  "artifact).",
+)
+flags.DEFINE_integer("seed", _D.seed, "Seed for initialisation and batch order.")
+# Data.
+flags.DEFINE_enum(
+  "dataset",
+  _D.dataset,
+  DATASETS,
+  "synthetic: built-in Criteo-format data (no download); kaggle / terabyte: "
+  "raw Criteo files under --data_dir (see data/README.md).",
+)
+flags.DEFINE_string("data_dir", _D.data_dir, "Root of raw and preprocessed datasets.")
+flags.DEFINE_integer(
+  "synthetic_rows",
+  _D.synthetic_rows,
+  "Rows of built-in data to generate (7 days: 6 train, 1 test+validation).",
+)
+flags.DEFINE_integer("synthetic_seed", _D.synthetic_seed, "Seed of the built-in data's teacher.")
+flags.DEFINE_integer(
+  "max_ind_range",
+  _D.max_ind_range,
+  "Categorical values are taken modulo this before building vocabularies; 0 = no limit.",
+)
+flags.DEFINE_integer(
+  "min_frequency", _D.min_frequency, "Values seen fewer times in training share one id."
+)
+flags.DEFINE_float(
+  "data_sub_sample_rate",
+  _D.data_sub_sample_rate,
+  "Fraction of negative rows of the training days dropped while preprocessing "
+  "(reference rule: a negative is dropped when its uniform draw < rate; "
+  "Terabyte: 0.875). 0 = keep all.",
+)
+flags.DEFINE_bool(
+  "strict",
+  _D.strict,
+  "Preprocessing: stop at the first bad raw row (printing file:line) instead of "
+  "skipping and counting it.",
+)
+# Model.
+flags.DEFINE_integer("embedding_dim", _D.embedding_dim, "Width of every embedding row.")
+flags.DEFINE_list(
+  "bottom_mlp",
+  list(map(str, _D.bottom_mlp)),
+  "Bottom MLP widths after the 13 dense inputs; ends in --embedding_dim for dot.",
+)
+flags.DEFINE_list(
+  "top_mlp",
+  list(map(str, _D.top_mlp)),
+  "Top MLP widths after the interaction; ends in 1 (the logit).",
+)
+flags.DEFINE_enum(
+  "interaction",
+  _D.interaction,
+  INTERACTIONS,
+  "dot: pairwise dot products (paper); cat: concatenation.",
+)
+flags.DEFINE_bool(
+  "interaction_itself",
+  _D.interaction_itself,
+  "dot: also keep each vector's dot product with itself.",
+)
+# Optimisation.
+flags.DEFINE_enum(
+  "optimizer",
+  _D.optimizer,
+  OPTIMIZERS,
+  "Table optimizer (sparse, touched rows only); the MLPs use the optax "
+  "equivalent (adagrad for rowwise_adagrad).",
+)
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Learning rate of tables and MLPs.")
+flags.DEFINE_float("adagrad_eps", _D.adagrad_eps, "Adagrad epsilon (inside the sqrt, as optax).")
+flags.DEFINE_float(
+  "adagrad_initial_accumulator",
+  _D.adagrad_initial_accumulator,
+  "Adagrad accumulator's initial value.",
+)
+flags.DEFINE_integer(
+  "batch_size", _D.batch_size, "Global training batch (all devices, all processes)."
+)
+flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Global evaluation batch.")
+flags.DEFINE_integer("num_epochs", _D.num_epochs, "Passes over the training split.")
+flags.DEFINE_integer("max_steps", _D.max_steps, "Stop after this many steps; 0 = num_epochs.")
+# Reporting.
+flags.DEFINE_integer(
+  "eval_every_steps",
+  _D.eval_every_steps,
+  "Evaluate on validation every N steps; 0 = at the end only.",
+)
+flags.DEFINE_float(
+  "target_auc",
+  _D.target_auc,
+  "Stop training once a validation evaluation reaches this AUC (MLPerf: 0.8025); 0 = off.",
+)
+flags.DEFINE_integer(
+  "log_every_steps", _D.log_every_steps, "Log training loss and samples/s every N steps."
+)
+flags.DEFINE_bool("progress", _D.progress, "Show a progress bar.")
+# Checkpoints and use of saved models.
+flags.DEFINE_integer(
+  "checkpoint_every_steps",
+  _D.checkpoint_every_steps,
+  "Save a checkpoint to --workdir/checkpoints every N steps (also at the end, "
+  "at each validation and on SIGTERM/SIGINT); 0 = at the end only.",
+)
+flags.DEFINE_integer(
+  "keep_checkpoints",
+  _D.keep_checkpoints,
+  "Keep the last N checkpoints (the best by validation AUC is kept too).",
+)
+flags.DEFINE_string(
+  "checkpoint",
+  _D.checkpoint,
+  "eval/predict/export: latest or best (of --workdir), a workdir, its "
+  "checkpoints/ directory or checkpoints/STEP; empty = latest.",
+)
+flags.DEFINE_string(
+  "split", _D.split, "eval/predict: preprocessed split to score (train, validation, test)."
+)
+flags.DEFINE_string(
+  "predict_file",
+  _D.predict_file,
+  "predict: an unlabeled raw Criteo file (Kaggle test.txt) to score into a "
+  "submission CSV instead of --split.",
+)
+flags.DEFINE_string(
+  "predictions_file",
+  _D.predictions_file,
+  "predict: output CSV (Id,Predicted); empty = --workdir/predictions_SPLIT.csv "
+  "or --workdir/submission.csv.",
+)
+flags.DEFINE_integer(
+  "first_test_id",
+  _D.first_test_id,
+  "predict: Id of the first line of --predict_file (Kaggle: 60000000).",
+)
+flags.DEFINE_string(
+  "export_dir",
+  _D.export_dir,
+  "export: directory for the serialized inference function; empty = --workdir/export.",
+)
+# Sharding.
+flags.DEFINE_string(
+  "mesh_shape",
+  ",".join(map(str, _D.mesh_shape)),
+  "N (1-D: every device trains the MLPs and owns tables) or DATA,MODEL; empty = all devices, 1-D.",
+)
+flags.DEFINE_enum(
+  "sharding",
+  _D.sharding,
+  ("auto",) + PLANS,
+  "Embedding plan for every table; auto = the planner decides.",
+)
+flags.DEFINE_list("table_sharding", [], "Per-table plan overrides, e.g. C3:row,C12:column.")
+flags.DEFINE_float(
+  "device_memory_gb",
+  _D.device_memory_gb,
+  "Per-device memory for tables and their optimizer state; the planner "
+  "refuses plans that do not fit. 0 = unchecked.",
+)
+
+FLAGS = flags.FLAGS
+
+
+def _int_list(name: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in FLAGS[name].value)
+  except ValueError:
+    raise ConfigError(
+      f"--{name}={','.join(FLAGS[name].value)}: expected comma-separated integers"
+    ) from None
+
+
+def _table_sharding() -> tuple[tuple[str, str], ...]:
+  pairs = []
+  for item in FLAGS.table_sharding:
+    name, sep, plan = item.partition(":")
+    if not sep or not name or plan not in PLANS:
+      raise ConfigError(
+        f"--table_sharding={item!r}: expected TABLE:PLAN with PLAN one of "
+        f"{', '.join(PLANS)}, e.g. C3:row"
+      )
+    pairs.append((name, plan))
+  return tuple(pairs)
+
+
+def config_from_flags() -> Config:
+  """The resolved Config of the parsed command line (not yet validated)."""
+  values = {
+    f.name: FLAGS[f.name].value
+    for f in dataclasses.fields(Config)
+    if f.name not in ("bottom_mlp", "top_mlp", "mesh_shape", "table_sharding")
+  }
+  try:
+    mesh_shape = parse_mesh_shape(FLAGS.mesh_shape)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  return Config(
+    **values,
+    bottom_mlp=_int_list("bottom_mlp"),
+    top_mlp=_int_list("top_mlp"),
+    mesh_shape=mesh_shape,
+    table_sharding=_table_sharding(),
+  )
+
+
+# Multi-process (not part of Config: they differ between the processes of one run).
+flags.DEFINE_string(
+  "coordinator_address",
+  "",
+  "host:port of process 0 for multi-process runs; or JAX_COORDINATOR_ADDRESS.",
+)
+flags.DEFINE_integer("num_processes", 0, "Processes in a multi-process run; 0 = one / from env.")
+flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")

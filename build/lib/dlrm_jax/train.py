@@ -1,0 +1,213 @@
+"""train_and_evaluate(config): the training loop, its evaluations and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from dlrm_jax import checkpointing, reporting
+from dlrm_jax.components import (
+  Components,
+  abstract_train_state,
+  identity_of,
+  initial_state,
+  load_components,
+  to_global,
+)
+from dlrm_jax.config import Config
+from dlrm_jax.data.loader import BatchLoader, check_batch_ids
+from dlrm_jax.data.store import open_split
+from dlrm_jax.evaluation import evaluate
+from dlrm_jax.faults import Preempted, TrainingDiverged
+from dlrm_jax.planner import plan_table
+from dlrm_jax.preemption import PreemptionGuard
+from dlrm_jax.train_step import make_eval_step, make_train_step
+
+
+def train_and_evaluate(config: Config) -> dict[str, Any]:
+  """Trains per ``config`` (resuming from --workdir's checkpoints), evaluates validation and test.
+
+  Raises Preempted after a signal (a checkpoint is saved first), TrainingDiverged
+  on a non-finite loss, CheckpointError on unusable checkpoints.
+  """
+  is_chief = jax.process_index() == 0
+  show = config.progress and is_chief
+  c, processed, meta = load_components(config, progress=show)
+  mesh = c.mesh
+  if is_chief:
+    reporting.write_config(config.workdir, config)
+    reporting.announce(
+      f"mesh {dict(mesh.shape)}; embedding plan:\n"
+      + plan_table(c.layout, c.sparse_opt.slot_floats_per_row(config.embedding_dim))
+    )
+  best = meta.get("best_possible_auc")
+  train_loader = BatchLoader(
+    open_split(processed, "train"),
+    config.batch_size,
+    shuffle=True,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  total_steps = config.max_steps or config.num_epochs * train_loader.batches_per_epoch
+
+  store = checkpointing.CheckpointStore(config.workdir, keep=config.keep_checkpoints)
+  try:
+    return _train(c, processed, best, train_loader, total_steps, store, identity_of(c, meta))
+  finally:
+    store.wait()  # an asynchronous save must be complete before the process exits
+    store.close()
+
+
+def _train(
+  c: Components,
+  processed: str,
+  best: dict | None,
+  train_loader: BatchLoader,
+  total_steps: int,
+  store: checkpointing.CheckpointStore,
+  ident: dict[str, Any],
+) -> dict[str, Any]:
+  config, mesh = c.config, c.mesh
+  is_chief = jax.process_index() == 0
+  abstract = abstract_train_state(c)
+  # Load or initialise, never both.
+  restored = store.restore_latest_good(c.layout, abstract, mesh, ident, resume=True)
+  if restored is not None:
+    state, start = restored.state, restored.step
+    pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
+    reporting.announce(f"resuming from {restored.path} (step {start})")
+  else:
+    state = initial_state(c)
+    start, pending_losses = 0, []
+  last_good = start if restored is not None else None
+  log = reporting.MetricsLog(
+    config.workdir, enabled=is_chief, resume_step=start if restored is not None else None
+  )
+  log.write_config(config, start)
+  train_step = make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract)
+  eval_step = make_eval_step(c.model, c.layout, mesh, abstract)
+  snapshot = checkpointing.make_snapshot(c.layout, abstract, mesh, config.seed)
+
+  def last_good_text() -> str:
+    if last_good is None:
+      return "no checkpoint was saved before it"
+    return f"the last good checkpoint is {store.step_path(last_good)} (step {last_good}), kept"
+
+  def diverged(step: int, what: str) -> TrainingDiverged:
+    if last_good is not None:
+      store.protect(last_good)
+    return TrainingDiverged(
+      f"{what} at step {step}; {last_good_text()}. Lower "
+      f"--learning_rate or check the input data, in a new --workdir."
+    )
+
+  def save(step: int, validation: dict[str, float] | None = None) -> None:
+    nonlocal last_good
+    tree, finite = snapshot(state)
+    losses = [float(x) for x in jax.device_get(pending_losses)]
+    if not bool(finite) or not np.all(np.isfinite(losses)):
+      raise diverged(step, "non-finite values in the training state")
+    store.save(
+      step,
+      tree,
+      {
+        "format": checkpointing.FORMAT,
+        "step": step,
+        "identity": ident,
+        "finite": True,
+        "config": json.loads(config.to_json()),
+        "pending_losses": losses,
+        "data_position": {"seed": config.seed, "batch_size": config.batch_size, "next_step": step},
+        "validation": validation,
+      },
+      auc=(validation or {}).get("auc"),
+    )
+    last_good = step
+
+  def run_eval(split: str, step: int) -> dict[str, float]:
+    result = evaluate(c, state, eval_step, processed, split)
+    record = {"step": step, "split": split, **result}
+    if best is not None:
+      record["best_possible_auc"] = best.get(split)
+    log.write(record)
+    reporting.announce(
+      f"step {step} {split}: AUC {result['auc']:.4f}  log loss "
+      f"{result['logloss']:.4f}  accuracy {result['accuracy']:.4f}"
+    )
+    return result
+
+  throughput = reporting.Throughput()
+  bar = reporting.progress_bar(
+    total_steps, start, config.batch_size, config.progress and is_chief, "train"
+  )
+  every = config.checkpoint_every_steps
+  target_reached = False
+  with PreemptionGuard() as guard:
+    for step, batch in enumerate(train_loader.iterate(start, max(0, total_steps - start)), start):
+      check_batch_ids(batch["sparse"], c.table_sizes)
+      state, step_metrics = train_step(state, to_global(batch, mesh))
+      pending_losses.append(step_metrics["loss"])
+      throughput.add(config.batch_size)
+      bar.update(config.batch_size)
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == total_steps:
+        losses = np.asarray(jax.device_get(pending_losses))  # the only per-N-steps sync
+        if not np.all(np.isfinite(losses)):
+          first = done - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
+          raise diverged(first, f"non-finite training loss {losses[first - done - 1]}")
+        loss = float(np.mean(losses))
+        pending_losses.clear()
+        log.write({"step": done, "loss": loss, "samples_per_sec": throughput.mark()})
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+      validation = None
+      if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
+        validation = run_eval("validation", done)
+      stop = guard.requested
+      if jax.process_count() > 1:
+        # Every process must take part in the save: agree on a signal that may
+        # have reached only some of them, at log boundaries to keep syncs rare.
+        stop = done % config.log_every_steps == 0 and bool(
+          np.any(multihost_utils.process_allgather(np.int32(guard.requested)))
+        )
+      if done < total_steps and (validation is not None or (every and done % every == 0)):
+        save(done, validation)
+      elif stop and done < total_steps:
+        save(done)
+      if stop and done < total_steps:
+        store.wait()
+        raise Preempted(
+          f"stopped by {signal.Signals(guard.signum).name} at step {done} of "
+          f"{total_steps}; checkpoint saved to {store.step_path(done)}. To resume, "
+          f"run the same command again (same --workdir={config.workdir}).",
+          guard.signum,
+        )
+      if validation is not None and config.target_auc and validation["auc"] >= config.target_auc:
+        # --target_auc (MLPerf): stop here; this validation is the final one, already saved.
+        reporting.announce(
+          f"validation AUC {validation['auc']:.5f} reached "
+          f"--target_auc={config.target_auc:g} at step {done}; stopping"
+        )
+        target_reached, total_steps = True, done
+        break
+  bar.close()
+  if not target_reached:
+    validation = run_eval("validation", total_steps)
+    if start < total_steps:
+      save(total_steps, validation)
+  results = {
+    "validation": validation,
+    "test": run_eval("test", total_steps),
+    "steps": total_steps,
+    "checkpoint": store.step_path(total_steps),
+    "target_reached": target_reached,
+  }
+  if best is not None:
+    results["best_possible_auc"] = best
+  log.close()  # flushed after every record, so a run that raises loses no event either
+  return results

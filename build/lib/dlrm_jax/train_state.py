@@ -1,0 +1,102 @@
+"""TrainState: dense parameters beside the fused embedding tables; created already sharded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from dlrm_jax.embedding import init_buffers
+from dlrm_jax.mesh import MODEL_AXIS
+from dlrm_jax.model import DenseModel
+from dlrm_jax.planner import BUFFER_SPECS, EmbeddingLayout
+from dlrm_jax.sparse_optim import SparseOptimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+  """All training state. Tables and their slots are updated sparsely, params by optax."""
+
+  step: jax.Array  # i32[]
+  params: Any  # Flax params of DenseModel, replicated
+  opt_state: Any  # optax state of params, replicated
+  tables: dict[str, jax.Array]  # buffer name -> f32[rows, dim] (see planner)
+  slots: dict[str, dict[str, jax.Array]]  # buffer name -> sparse optimizer state
+
+
+def dense_optimizer(
+  name: str, learning_rate: float, *, eps: float = 1e-7, initial_accumulator: float = 0.0
+) -> optax.GradientTransformation:
+  """optax for the MLPs; row-wise Adagrad on tables pairs with plain Adagrad here."""
+  if name == "sgd":
+    return optax.sgd(learning_rate)
+  return optax.adagrad(learning_rate, initial_accumulator_value=initial_accumulator, eps=eps)
+
+
+def _slot_spec(buffer: str, slot: jax.ShapeDtypeStruct) -> P:
+  if slot.ndim == 2:
+    return BUFFER_SPECS[buffer]
+  # Row-wise accumulators follow the rows: split only where rows are split.
+  return P(MODEL_AXIS) if buffer == "sharded" else P()
+
+
+def state_specs(state: TrainState) -> TrainState:
+  """PartitionSpecs for every leaf of a (possibly abstract) TrainState."""
+  return TrainState(
+    step=P(),
+    params=jax.tree.map(lambda _: P(), state.params),
+    opt_state=jax.tree.map(lambda _: P(), state.opt_state),
+    tables={name: BUFFER_SPECS[name] for name in state.tables},
+    slots={
+      name: {k: _slot_spec(name, v) for k, v in slots.items()}
+      for name, slots in state.slots.items()
+    },
+  )
+
+
+def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
+  return jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec), state_specs(state), is_leaf=lambda x: isinstance(x, P)
+  )
+
+
+def create_train_state(
+  model: DenseModel,
+  layout: EmbeddingLayout,
+  sparse_opt: SparseOptimizer,
+  dense_tx: optax.GradientTransformation,
+  mesh: Mesh,
+  key: jax.Array,
+  num_dense: int = 13,
+) -> TrainState:
+  """Initialises every array directly in its sharding; no table passes through the host."""
+  table_specs = {name: BUFFER_SPECS[name] for name in layout.buffer_shapes()}
+  make_tables = jax.shard_map(
+    lambda k: init_buffers(layout, k),
+    mesh=mesh,
+    in_specs=P(),
+    out_specs=table_specs,
+    check_vma=False,
+  )
+
+  def init(key):
+    dense_key, table_key = jax.random.split(key)
+    params = model.init(
+      dense_key, jnp.zeros((1, num_dense)), jnp.zeros((1, len(layout.placements), layout.dim))
+    )["params"]
+    tables = make_tables(table_key)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=dense_tx.init(params),
+      tables=tables,
+      slots={n: sparse_opt.init_slots(t) for n, t in tables.items()},
+    )
+
+  shardings = state_shardings(mesh, jax.eval_shape(init, key))
+  return jax.jit(init, out_shardings=shardings)(key)
