@@ -22,11 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from dlrm_jax import comparison
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runnable from a fresh clone without installing the package
-
-from dlrm_jax import comparison  # noqa: E402
-
 MAIN = REPO / "main.py"
 POLL_S = 2.0
 REPORT_EVERY_S = 30.0
