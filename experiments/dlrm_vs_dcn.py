@@ -289,7 +289,11 @@ def run_arm(arm: Arm, index: str, flagfile: str, armdir: str, total_steps: int, 
       if proc.poll() is None:
         proc.terminate()
         proc.wait()
-  wall = time.monotonic() - start
+      # Every main.py process counts towards the arm's wall time, interrupted ones too.
+      wall = time.monotonic() - start
+      state = read_state(armdir)
+      state["runs"].append({"returncode": proc.returncode, "wall_s": wall})
+      write_json(os.path.join(armdir, "arm.json"), state)
   return proc.returncode, wall
 
 
@@ -391,7 +395,6 @@ def _compare(args: argparse.Namespace) -> int:
       )
       return 130
     state = read_state(armdir)
-    state["runs"].append({"returncode": rc, "wall_s": wall})
     finished = comparison.is_finished(
       comparison.read_metrics(os.path.join(armdir, "metrics.jsonl"))
     )
