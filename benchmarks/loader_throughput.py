@@ -1,16 +1,20 @@
 """Prints shuffled-batch rows/s of BatchLoader at batch 128 and 2048 (in RAM and memory-mapped), and
 how many times faster that is than the reference Kaggle model's train step consumes rows (same
-process, same data)."""
+process, same data); then the loader's peak RSS over a simulated 1-billion-row index space
+(zero-stride columns: no row exists in memory, so what grows is the loader's own state)."""
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
 
+import numpy as np
+
 from dlrm_jax.data.loader import BatchLoader
-from dlrm_jax.data.store import open_split
+from dlrm_jax.data.store import SplitArrays, open_split
 from dlrm_jax.data.synthetic import prepare_synthetic
 
 
@@ -48,6 +52,53 @@ def train_rows_per_second(processed: str, batch: int, steps: int = 30, windows: 
   return statistics.median(rates)
 
 
+class FullPermutationLoader(BatchLoader):
+  """The previous order, for comparison: an int64 permutation of every row, per epoch."""
+
+  _full: tuple[int, np.ndarray] | None = None
+
+  def _epoch_rows(self, epoch: int, lo: int, hi: int) -> np.ndarray:
+    if self._full is None or self._full[0] != epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._full = (epoch, rng.permutation(self.arrays.num_rows))
+    return self._full[1][lo:hi]
+
+
+def peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def simulated_split(rows: int) -> SplitArrays:
+  """`rows` rows of zero-stride columns: every row is the same few bytes, so nothing is
+  materialised, yet the loader indexes a space of `rows` rows."""
+  strided = np.lib.stride_tricks.as_strided
+  return SplitArrays(
+    dense=strided(np.zeros(13, np.float32), (rows, 13), (0, 4)),
+    sparse=strided(np.zeros(26, np.int32), (rows, 26), (0, 4)),
+    label=strided(np.zeros(1, np.float32), (rows,), (0,)),
+  )
+
+
+def simulated_peak(rows: int, batch: int, steps: int) -> None:
+  """Peak RSS before and after shuffled batches spread over an epoch of `rows` rows."""
+  loader = BatchLoader(simulated_split(rows), batch, shuffle=True, seed=0)
+  loader.get_batch(0)  # the allocations every batch makes (and the code paths), once
+  before = peak_rss_mib()
+  first = loader.batches_per_epoch - steps // 2  # consecutive steps across an epoch's end
+  start = time.perf_counter()
+  for step in range(first, first + steps):
+    loader.get_batch(step)
+  sec = time.perf_counter() - start
+  after = peak_rss_mib()
+  print(
+    f"simulated {rows:,} rows, batch {batch}: peak RSS {before:,.0f} MiB before, {after:,.0f} MiB "
+    f"after {steps} consecutive shuffled batches across an epoch's end "
+    f"(+{after - before:,.1f} MiB; "
+    f"{steps * batch / sec:,.0f} rows/s); an int64 permutation of the rows alone would be "
+    f"{rows * 8 / 2**30:,.1f} GiB"
+  )
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument(
@@ -62,7 +113,20 @@ def main() -> None:
   parser.add_argument(
     "--no_train", action="store_true", help="skip measuring the train step's consumption"
   )
+  parser.add_argument(
+    "--simulated_rows",
+    type=int,
+    default=1_000_000_000,
+    help="index space of the peak-RSS measurement (default 1e9 rows)",
+  )
+  parser.add_argument(
+    "--only_simulated", action="store_true", help="only the simulated-rows peak RSS measurement"
+  )
   args = parser.parse_args()
+  if args.only_simulated:
+    for batch in (128, 2048):
+      simulated_peak(args.simulated_rows, batch, steps=500)
+    return
   medians: dict[int, float] = {}
   with tempfile.TemporaryDirectory() as tmp:
     processed = prepare_synthetic(args.data_dir or tmp, args.rows, seed=0, progress=False)
@@ -70,15 +134,22 @@ def main() -> None:
       arrays = open_split(processed, "train", in_memory=in_memory)
       for batch in (128, 2048):
         loader = BatchLoader(arrays, batch, shuffle=True, seed=0)
+        full = FullPermutationLoader(arrays, batch, shuffle=True, seed=0)
         loader.get_batch(0)
+        full.get_batch(0)
         budget = min(arrays.num_rows, 500_000)
-        rates = [rows_per_second(loader, budget) for _ in range(args.repeats)]
+        rates, full_rates = [], []
+        for _ in range(args.repeats):  # interleaved, so both see the same machine load
+          rates.append(rows_per_second(loader, budget))
+          full_rates.append(rows_per_second(full, budget))
         where = "in RAM" if in_memory else "memmap"
         if in_memory:
           medians[batch] = statistics.median(rates)
         print(
           f"batch {batch:5d} {where}: median {statistics.median(rates):12,.0f} rows/s "
-          f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {args.repeats} passes)"
+          f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {args.repeats} passes); "
+          f"{statistics.median(rates) / statistics.median(full_rates):.2f}x a loader holding a "
+          f"full permutation ({statistics.median(full_rates):,.0f} rows/s)"
         )
     if not args.no_train:
       for batch, loader_rate in medians.items():
@@ -87,6 +158,8 @@ def main() -> None:
           f"batch {batch:5d}: train step consumes {train_rate:,.0f} rows/s "
           f"(reference Kaggle model); loader in RAM is {loader_rate / train_rate:.1f}x faster"
         )
+  for batch in (128, 2048):
+    simulated_peak(args.simulated_rows, batch, steps=500)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of logical tables: save, verify, restore on any mesh, skip damaged ones."""
+"""Orbax checkpoint store: save, keep, verify, restore on any mesh or plan, set damage aside."""
 
 from __future__ import annotations
 
@@ -9,24 +9,25 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers as policies
 
-from dlrm_jax import table_io
+from dlrm_jax import checkpoint_tree
+from dlrm_jax.checkpoint_tree import layout_meta as layout_meta
+from dlrm_jax.checkpoint_tree import make_snapshot as make_snapshot
 from dlrm_jax.config import Config
 from dlrm_jax.faults import CheckpointError, CheckpointMismatch
 from dlrm_jax.planner import EmbeddingLayout
-from dlrm_jax.train_state import TrainState, state_shardings
+from dlrm_jax.train_state import TrainState
 
-FORMAT = "dlrm_jax/checkpoint/1"
+FORMAT = "dlrm_jax/checkpoint/2"  # 2: fused buffers as trained + the layout; 1: logical tables
+READABLE_FORMATS = (FORMAT, "dlrm_jax/checkpoint/1")
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
 PROTECTED_FILE = "protected_checkpoints.json"
@@ -38,6 +39,11 @@ MODEL_FIELDS = (
   "top_mlp",
   "interaction",
   "interaction_itself",
+  "dcn_num_layers",
+  "dcn_deep_mlp",
+  "dcn_low_rank_dim",
+  "embedding_mlp",
+  "embedding_mlp_shared",
   "optimizer",
   "table_names",
   "table_sizes",
@@ -60,7 +66,11 @@ TRAINING_FIELDS = (
   "synthetic_seed",
   "max_ind_range",
   "min_frequency",
+  "data_sub_sample_rate",
+  "vocabulary",
 )
+# Fields that have no effect unless --dataset=synthetic: never a reason to refuse another dataset.
+SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed")
 
 # Not a flag: the Adagrad formula. Checkpoints from before the reference's
 # convention lack the field and were trained with eps inside the root.
@@ -73,6 +83,13 @@ ADDED_FIELDS = {
   "lr_decay_start_step": 0,
   "lr_decay_steps": 0,
   "lr_decay_power": 2.0,
+  "data_sub_sample_rate": 0.0,
+  "vocabulary": "train",
+  "dcn_num_layers": 0,
+  "dcn_deep_mlp": [512, 256],
+  "dcn_low_rank_dim": 512,
+  "embedding_mlp": [],
+  "embedding_mlp_shared": True,
 }
 
 
@@ -99,6 +116,8 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
   fields = MODEL_FIELDS + (TRAINING_FIELDS if resume else ())
   if ident.get("optimizer") == "sgd" == saved.get("optimizer"):
     fields = tuple(f for f in fields if f not in ADAGRAD_FIELDS)  # SGD never reads them
+  if ident.get("dataset") != "synthetic":
+    fields = tuple(f for f in fields if f not in SYNTHETIC_FIELDS)
   diff = [
     f"{f}: checkpoint {saved.get(f, ADDED_FIELDS.get(f))!r}, now {ident.get(f)!r}"
     for f in fields
@@ -117,49 +136,6 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
       + "\n  ".join(diff)
       + "\nUse the flags it was saved with, or a new --workdir."
     )
-
-
-def _sds(x, sharding) -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-
-def saved_abstract(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh) -> dict:
-  """The saved tree's shapes with ``mesh``'s shardings: the restore target."""
-  shardings = state_shardings(mesh, abstract_state)
-  rep = NamedSharding(mesh, P())
-  return {
-    "step": _sds(abstract_state.step, rep),
-    "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep),
-    "params": jax.tree.map(_sds, abstract_state.params, shardings.params),
-    "opt_state": flax.serialization.to_state_dict(
-      jax.tree.map(_sds, abstract_state.opt_state, shardings.opt_state)
-    ),
-    **table_io.logical_abstract(layout, abstract_state, mesh),
-  }
-
-
-def make_snapshot(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh, seed: int):
-  """Jitted ``state -> (tree to save, all finite?)``.
-
-  The tree holds fresh copies, so the next (donating) train step cannot free
-  arrays an asynchronous save is still reading.
-  """
-  target = saved_abstract(layout, abstract_state, mesh)
-  out_shardings = (jax.tree.map(lambda s: s.sharding, target), NamedSharding(mesh, P()))
-
-  def snapshot(state: TrainState):
-    tree = {
-      "step": jnp.copy(state.step),
-      "rng": jax.random.key_data(jax.random.key(seed)),
-      "params": jax.tree.map(jnp.copy, state.params),
-      "opt_state": flax.serialization.to_state_dict(jax.tree.map(jnp.copy, state.opt_state)),
-      **table_io.extract_all(layout, state.tables, state.slots),
-    }
-    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats]))
-    return tree, finite
-
-  return jax.jit(snapshot, out_shardings=out_shardings)
 
 
 def _is_chief() -> bool:
@@ -238,8 +214,14 @@ class CheckpointStore:
 
   def read_meta(self, step: int) -> dict[str, Any]:
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or not str(meta.get("format", "")).startswith(FORMAT[:-1]):
       raise CheckpointError(f"{self.step_path(step)}: not a dlrm_jax checkpoint")
+    if meta["format"] not in READABLE_FORMATS:
+      raise CheckpointMismatch(
+        f"{self.step_path(step)} was written in checkpoint format {meta['format']}; this "
+        f"version reads {', '.join(READABLE_FORMATS)}. Restore it with the dlrm_jax that "
+        f"wrote it, or use a new --workdir."
+      )
     return meta
 
   def best_step(self) -> int | None:
@@ -285,7 +267,7 @@ class CheckpointStore:
     check_compatible(meta, ident, path, resume=resume)
     if not meta.get("finite", False):
       raise CheckpointError(f"{path}: marked as holding non-finite values")
-    target = saved_abstract(layout, abstract_state, mesh)
+    target, saved = checkpoint_tree.restore_target(meta, layout, abstract_state, mesh)
     tree = self.manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
     )["state"]
@@ -294,13 +276,7 @@ class CheckpointStore:
     floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     if not all(bool(jnp.all(jnp.isfinite(x))) for x in floats):
       raise CheckpointError(f"{path}: restored values are not finite (damaged)")
-    opt_state = flax.serialization.from_state_dict(abstract_state.opt_state, tree["opt_state"])
-    tables, slots = table_io.from_logical(
-      layout, {"tables": tree["tables"], "slots": tree["slots"]}, abstract_state, mesh
-    )
-    state = TrainState(
-      step=tree["step"], params=tree["params"], opt_state=opt_state, tables=tables, slots=slots
-    )
+    state = checkpoint_tree.to_state(tree, saved, layout, abstract_state, mesh)
     return Restored(step, state, meta, path)
 
   def _set_aside(self, step: int, error: Exception) -> None:

@@ -7,9 +7,11 @@ Training (train.py), evaluation and prediction (inference.py) and export
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -66,9 +68,7 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
     device_memory_bytes=memory,
     slot_floats_per_row=sparse_opt.slot_floats_per_row(config.embedding_dim),
   )
-  model = DenseModel(
-    config.bottom_mlp, config.top_mlp, config.interaction, config.interaction_itself
-  )
+  model = dense_model(config)
   dense_tx = dense_optimizer(
     config.optimizer,
     lr,
@@ -76,6 +76,39 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
     initial_accumulator=config.adagrad_initial_accumulator,
   )
   return Components(config, mesh, layout, model, sparse_opt, dense_tx, tuple(table_sizes))
+
+
+def dense_model(config: Config) -> DenseModel:
+  """The Flax model of ``config`` (train, evaluation, prediction and export all build it here)."""
+  return DenseModel(
+    bottom_mlp=config.bottom_mlp,
+    top_mlp=config.top_mlp,
+    interaction=config.interaction,
+    interaction_itself=config.interaction_itself,
+    dcn_num_layers=config.resolved_dcn_num_layers,
+    dcn_deep_mlp=config.dcn_deep_mlp if config.interaction == "dcn" else (),
+    dcn_low_rank_dim=config.dcn_low_rank_dim if config.interaction == "dcnv2" else 0,
+    embedding_mlp=config.embedding_mlp,
+    embedding_mlp_shared=config.embedding_mlp_shared,
+  )
+
+
+def parameter_counts(c: Components, num_dense: int = 13) -> dict[str, int]:
+  """{"dense", "embedding", "total"}: trainable values, from abstract shapes (nothing allocated).
+
+  dense: every Flax parameter (MLPs, cross layers); embedding: the tables'
+  logical rows x --embedding_dim (no padding, no optimizer slots).
+  """
+  dim = c.config.embedding_dim
+  params = jax.eval_shape(
+    c.model.init,
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((1, num_dense), jnp.float32),
+    jax.ShapeDtypeStruct((1, len(c.table_sizes), dim), jnp.float32),
+  )
+  dense = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+  embedding = sum(int(rows) for rows in c.table_sizes) * dim
+  return {"dense": dense, "embedding": embedding, "total": dense + embedding}
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -105,7 +138,7 @@ def load_components(config: Config, *, progress: bool) -> tuple[Components, str,
   if jax.process_index() != 0:
     processed, meta = resolve_dataset(config, progress=False)
   c = build_components(config, mesh, meta["table_sizes"], meta["sparse_names"])
-  check_data_matches_model(config, meta, c.table_sizes)  # before any id reaches a table
+  check_data_matches_model(config, processed, meta)  # before any id reaches a table
   return c, processed, meta
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from dlrm_jax.cross import REFERENCE_NUM_LAYERS
 from dlrm_jax.interaction import INTERACTIONS
 from dlrm_jax.planner import PLANS
 from dlrm_jax.sparse_optim import OPTIMIZERS
 
 DATASETS = ("synthetic", "kaggle", "terabyte")
+VOCABULARIES = ("train", "reference")
 MODES = ("train", "eval", "predict", "export")
 
 
@@ -35,12 +37,18 @@ class Config:
   min_frequency: int = 1
   data_sub_sample_rate: float = 0.0  # fraction of training-day negatives dropped (reference rule)
   strict: bool = False  # stop at the first bad raw row instead of skipping and counting it
+  vocabulary: str = "train"  # train: training days only, id 0 shared; reference: all days
   # Model.
   embedding_dim: int = 16
   bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
   top_mlp: tuple[int, ...] = (512, 256, 1)
   interaction: str = "dot"
   interaction_itself: bool = False
+  dcn_num_layers: int = 0  # dcn / dcnv2 cross layers; 0 = the reference's (6 dcn, 3 dcnv2)
+  dcn_deep_mlp: tuple[int, ...] = (512, 256)  # dcn only: the deep network beside the cross one
+  dcn_low_rank_dim: int = 512  # dcnv2 only: rank of U V (MLPerf 512); 0 = full-rank W
+  embedding_mlp: tuple[int, ...] = ()  # MLP over every embedding vector; () = none
+  embedding_mlp_shared: bool = True  # one embedding MLP for all features, else one each
   # Optimisation.
   optimizer: str = "sgd"
   # Defaults train the built-in data to within 0.02 AUC of its teacher in a few
@@ -110,12 +118,16 @@ class Config:
     _check(
       self.top_mlp[-1] == 1, f"--top_mlp={_csv(self.top_mlp)}: the last width must be 1 (the logit)"
     )
-    if self.interaction == "dot":
+    if self.interaction in ("dot", "dcn", "dcnv2"):
+      # dot: bottom_out is one of the vectors whose dot products are taken;
+      # dcn / dcnv2: x0 stacks [bottom_out, emb_1..emb_T] as (T+1) vectors of size D.
       _check(
         self.bottom_mlp[-1] == self.embedding_dim,
         f"--bottom_mlp={_csv(self.bottom_mlp)} ends in {self.bottom_mlp[-1]} but "
-        f"--embedding_dim={self.embedding_dim}; with --interaction=dot they must be equal",
+        f"--embedding_dim={self.embedding_dim}; with --interaction={self.interaction} "
+        f"they must be equal",
       )
+    self._validate_dense_extras()
     _check(self.learning_rate > 0, f"--learning_rate={self.learning_rate}: must be > 0")
     _check(
       self.adagrad_eps > 0,
@@ -163,12 +175,68 @@ class Config:
       0.0 <= self.data_sub_sample_rate < 1.0,
       f"--data_sub_sample_rate={self.data_sub_sample_rate}: must be in [0, 1)",
     )
+    _check(
+      self.vocabulary in VOCABULARIES,
+      f"--vocabulary={self.vocabulary!r}: must be one of {', '.join(VOCABULARIES)}",
+    )
+    _check(
+      self.vocabulary == "train" or self.min_frequency == 1,
+      f"--min_frequency={self.min_frequency} needs --vocabulary=train: the reference's "
+      f"vocabulary gives every value its own row",
+    )
     _check(0.0 <= self.target_auc <= 1.0, f"--target_auc={self.target_auc}: must be in [0, 1]")
     _check(
       self.synthetic_rows >= 1000,
       f"--synthetic_rows={self.synthetic_rows}: must be >= 1000 (7 days of data)",
     )
     return self
+
+  def _validate_dense_extras(self) -> None:
+    """The dcn / dcnv2 and embedding-MLP flags; a flag its model does not use is refused."""
+    default = Config()
+    uses = {
+      "dcn_num_layers": ("dcn", "dcnv2"),
+      "dcn_deep_mlp": ("dcn",),
+      "dcn_low_rank_dim": ("dcnv2",),
+    }
+    for name, kinds in uses.items():
+      value = getattr(self, name)
+      _check(
+        self.interaction in kinds or value == getattr(default, name),
+        f"--{name}={_csv(value) if isinstance(value, tuple) else value}: used only with "
+        f"--interaction={' or '.join(kinds)}, not with --interaction={self.interaction}",
+      )
+    _check(
+      not self.interaction_itself or self.interaction == "dot",
+      f"--interaction_itself: used only with --interaction=dot, not {self.interaction}",
+    )
+    _check(self.dcn_num_layers >= 0, f"--dcn_num_layers={self.dcn_num_layers}: must be >= 0")
+    _check(self.dcn_low_rank_dim >= 0, f"--dcn_low_rank_dim={self.dcn_low_rank_dim}: must be >= 0")
+    if self.interaction == "dcn":
+      _check(
+        len(self.dcn_deep_mlp) >= 1 and min(self.dcn_deep_mlp) >= 1,
+        f"--dcn_deep_mlp={_csv(self.dcn_deep_mlp)}: needs at least one positive width",
+      )
+    if self.embedding_mlp:
+      _check(
+        min(self.embedding_mlp) >= 1,
+        f"--embedding_mlp={_csv(self.embedding_mlp)}: widths must be positive",
+      )
+      _check(
+        self.embedding_mlp[-1] == self.embedding_dim,
+        f"--embedding_mlp={_csv(self.embedding_mlp)} ends in {self.embedding_mlp[-1]} but "
+        f"--embedding_dim={self.embedding_dim}; they must be equal (the interaction sees "
+        f"vectors of --embedding_dim)",
+      )
+    _check(
+      self.embedding_mlp_shared or bool(self.embedding_mlp),
+      "--noembedding_mlp_shared: used only with a non-empty --embedding_mlp",
+    )
+
+  @property
+  def resolved_dcn_num_layers(self) -> int:
+    """--dcn_num_layers, with 0 replaced by the reference depth of --interaction (else 0)."""
+    return self.dcn_num_layers or REFERENCE_NUM_LAYERS.get(self.interaction, 0)
 
 
 def _check(ok: bool, message: str) -> None:

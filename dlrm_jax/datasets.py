@@ -8,11 +8,11 @@ from typing import Any
 
 from absl import logging
 
-from dlrm_jax.config import Config, ConfigError
+from dlrm_jax.config import DATASETS, Config, ConfigError
+from dlrm_jax.data import store
 from dlrm_jax.data.bad_rows import BadRowError
 from dlrm_jax.data.criteo_format import TERABYTE_NUM_DAYS
 from dlrm_jax.data.preprocess import preprocess_criteo
-from dlrm_jax.data.store import read_metadata
 from dlrm_jax.data.synthetic import prepare_synthetic
 
 KAGGLE_DIR = "criteo_kaggle"
@@ -69,35 +69,40 @@ def raw_files(config: Config) -> list[str]:
 
 
 def processed_dir(config: Config) -> str:
-  sub = f"_s{config.data_sub_sample_rate:g}" if config.data_sub_sample_rate else ""
-  name = f"processed_m{config.max_ind_range}_f{config.min_frequency}{sub}"
+  """The preprocessed directory of a Criteo dataset for this run's preprocessing flags."""
+  name = store.processed_name(
+    config.max_ind_range, config.min_frequency, config.data_sub_sample_rate, config.vocabulary
+  )
   return os.path.join(
     config.data_dir, KAGGLE_DIR if config.dataset == "kaggle" else TERABYTE_DIR, name
   )
 
 
 def resolve_dataset(config: Config, *, progress: bool = True) -> tuple[str, dict[str, Any]]:
-  """Returns (preprocessed directory, its metadata), preparing it if needed."""
-  if config.dataset == "synthetic":
-    processed = prepare_synthetic(
-      config.data_dir, config.synthetic_rows, config.synthetic_seed, progress=progress
-    )
-    return processed, read_metadata(processed)
-  if config.dataset not in ("kaggle", "terabyte"):
+  """Returns (preprocessed directory, its metadata), preparing it if needed.
+
+  Every preprocessing flag (--max_ind_range, --min_frequency, --data_sub_sample_rate, --strict,
+  --vocabulary) acts on every dataset, built-in data included: it goes through the same pipeline.
+  """
+  if config.dataset not in DATASETS:
     raise ConfigError(f"--dataset={config.dataset}: not supported")
-  files = raw_files(config)
-  processed = processed_dir(config)
+  options = dict(
+    max_ind_range=config.max_ind_range,
+    min_frequency=config.min_frequency,
+    sub_sample_rate=config.data_sub_sample_rate,
+    strict=config.strict,
+    vocabulary=config.vocabulary,
+    progress=progress,
+  )
   try:
-    metadata = preprocess_criteo(
-      files,
-      processed,
-      dataset=config.dataset,
-      max_ind_range=config.max_ind_range,
-      min_frequency=config.min_frequency,
-      sub_sample_rate=config.data_sub_sample_rate,
-      strict=config.strict,
-      progress=progress,
-    )
+    if config.dataset == "synthetic":
+      processed = prepare_synthetic(
+        config.data_dir, config.synthetic_rows, config.synthetic_seed, **options
+      )
+      metadata = store.read_metadata(processed)
+    else:
+      processed = processed_dir(config)
+      metadata = preprocess_criteo(raw_files(config), processed, dataset=config.dataset, **options)
   except BadRowError as e:
     raise ConfigError(str(e)) from None
   summary = metadata.get("bad_rows_summary")
@@ -108,35 +113,53 @@ def resolve_dataset(config: Config, *, progress: bool = True) -> tuple[str, dict
   return processed, metadata
 
 
-def check_data_matches_model(config: Config, metadata: dict[str, Any], table_sizes) -> None:
-  """ConfigError before training when the preprocessed data does not fit the model's tables.
+# (flag, metadata key, value of metadata written before the key existed)
+_OPTION_KEYS = (
+  ("max_ind_range", "max_ind_range", None),
+  ("min_frequency", "min_frequency", None),
+  ("data_sub_sample_rate", "sub_sample_rate", None),
+  ("vocabulary", "vocabulary", "train"),
+)
 
-  The reference fails mid-run with "index out of range" when a model built for one
-  preprocessing meets ids of another; here ids are checked against table sizes first,
-  and a Criteo directory must have been made with this run's preprocessing flags.
+
+def check_data_matches_model(config: Config, processed: str, metadata: dict[str, Any]) -> None:
+  """ConfigError before training unless the preprocessed data is what this run's flags ask for.
+
+  The model's tables are sized from metadata["table_sizes"], so those are checked against what
+  can differ: the options the data was made with (against the flags), the vocabularies saved
+  beside it (a table needs one row per value, plus row 0 under --vocabulary=train), and the
+  bound --max_ind_range sets. The reference fails mid-run with "index out of range" instead.
   """
-  from dlrm_jax.data.loader import validate_table_sizes
-
-  try:
-    validate_table_sizes(metadata, table_sizes)
-  except ValueError as e:
-    raise ConfigError(
-      f"{e}. The preprocessed data does not fit the model: re-run preprocessing "
-      f"with this run's flags, or use the data the model was built for"
-    ) from None
-  if config.dataset in ("kaggle", "terabyte"):
-    for flag, key in (
-      ("max_ind_range", "max_ind_range"),
-      ("min_frequency", "min_frequency"),
-      ("data_sub_sample_rate", "sub_sample_rate"),
-    ):
-      if key in metadata and metadata[key] != getattr(config, flag):
-        raise ConfigError(
-          f"--{flag}={getattr(config, flag)} but the preprocessed data was made "
-          f"with {metadata[key]}"
-        )
-    if config.max_ind_range and max(metadata["table_sizes"]) > config.max_ind_range + 1:
+  for flag, key, old in _OPTION_KEYS:
+    made_with = metadata.get(key, old)
+    if made_with != getattr(config, flag):
       raise ConfigError(
-        f"table sizes {max(metadata['table_sizes'])} exceed --max_ind_range="
-        f"{config.max_ind_range} + 1: the data was not preprocessed with it"
+        f"--{flag}={getattr(config, flag)} but {processed} was made with {flag}={made_with}"
+      )
+  synthetic = metadata.get("synthetic")
+  if (config.dataset == "synthetic") != (synthetic is not None):
+    raise ConfigError(f"--dataset={config.dataset} but {processed} holds other data")
+  if synthetic is not None:
+    for flag, key in (("synthetic_rows", "num_rows"), ("synthetic_seed", "seed")):
+      if synthetic.get(key) != getattr(config, flag):
+        raise ConfigError(
+          f"--{flag}={getattr(config, flag)} but {processed} was generated with {synthetic[key]}"
+        )
+  sizes = [int(s) for s in metadata["table_sizes"]]
+  names = list(metadata["sparse_names"])
+  if len(sizes) != len(names):
+    raise ConfigError(f"{processed}: {len(sizes)} table sizes for {len(names)} sparse features")
+  values = store.vocab_sizes(processed, names)
+  reserved = 1 if config.vocabulary == "train" else 0
+  bound = config.max_ind_range + reserved if config.max_ind_range else None
+  for name, size, count in zip(names, sizes, values, strict=True):
+    if size != count + reserved:
+      raise ConfigError(
+        f"{processed}: table {name} has {size} rows in metadata.json but its vocabulary has "
+        f"{count} values (+{reserved}): the directory is damaged; delete it to rebuild"
+      )
+    if bound is not None and size > bound:
+      raise ConfigError(
+        f"{processed}: table {name} has {size} rows, more than --max_ind_range="
+        f"{config.max_ind_range} allows ({bound}): the data was not preprocessed with it"
       )

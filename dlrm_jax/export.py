@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dlrm_jax import checkpointing, export_loader
+from dlrm_jax import checkpointing, export_loader, table_io
 from dlrm_jax.components import load
 from dlrm_jax.config import Config
 from dlrm_jax.model import DenseModel
@@ -70,7 +70,7 @@ def run_export(config: Config) -> dict[str, Any]:
     raise checkpointing.CheckpointError(f"{m.checkpoint}: non-finite values; not exported")
   params_leaves, treedef = jax.tree.flatten(tree["params"])
   names = [p.spec.name for p in c.layout.placements]
-  tables = [tree["tables"][n] for n in names]
+  tables = table_io.logical_tables(c.layout, m.state.tables, c.mesh)
   weights = params_leaves + tables
   b = jax.export.symbolic_shape("b")
   args = (

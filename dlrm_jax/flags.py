@@ -6,7 +6,7 @@ import dataclasses
 
 from absl import flags
 
-from dlrm_jax.config import DATASETS, MODES, Config, ConfigError
+from dlrm_jax.config import DATASETS, MODES, VOCABULARIES, Config, ConfigError
 from dlrm_jax.interaction import INTERACTIONS
 from dlrm_jax.mesh import parse_mesh_shape
 from dlrm_jax.planner import PLANS
@@ -65,28 +65,68 @@ flags.DEFINE_bool(
   "Preprocessing: stop at the first bad raw row (printing file:line) instead of "
   "skipping and counting it.",
 )
+flags.DEFINE_enum(
+  "vocabulary",
+  _D.vocabulary,
+  VOCABULARIES,
+  "Categorical ids. train: values of the training days (count >= --min_frequency) get "
+  "rows 1..V, row 0 is missing, unseen or rare; reference: like facebookresearch/dlrm, every "
+  "value of all days (test and validation too; missing = the value 0) gets its own row. "
+  "Default train.",
+)
 # Model.
 flags.DEFINE_integer("embedding_dim", _D.embedding_dim, "Width of every embedding row.")
 flags.DEFINE_list(
   "bottom_mlp",
   list(map(str, _D.bottom_mlp)),
-  "Bottom MLP widths after the 13 dense inputs; ends in --embedding_dim for dot.",
+  "Bottom MLP widths after the 13 dense inputs; ends in --embedding_dim for dot, dcn, dcnv2.",
 )
 flags.DEFINE_list(
   "top_mlp",
   list(map(str, _D.top_mlp)),
-  "Top MLP widths after the interaction; ends in 1 (the logit).",
+  "Top MLP widths after the interaction; ends in 1 (the logit). With dcn: the layers "
+  "on [cross output, deep output]; the paper's DCN (straight to the logit) is --top_mlp=1.",
 )
 flags.DEFINE_enum(
   "interaction",
   _D.interaction,
   INTERACTIONS,
-  "dot: pairwise dot products (paper); cat: concatenation.",
+  "dot: pairwise dot products (paper); cat: concatenation; dcn: DCN (Wang et al. 2017), "
+  "cross and deep networks side by side on [bottom_out, emb_1..emb_T], then --top_mlp; "
+  "dcnv2: DCN-V2 cross network (TorchRec DLRM_DCN, MLPerf) under the top MLP.",
 )
 flags.DEFINE_bool(
   "interaction_itself",
   _D.interaction_itself,
   "dot: also keep each vector's dot product with itself.",
+)
+flags.DEFINE_integer(
+  "dcn_num_layers",
+  _D.dcn_num_layers,
+  "dcn / dcnv2: number of cross layers; 0 = the reference's (6 for dcn as in the DLRM "
+  "paper, 3 for dcnv2 as in MLPerf).",
+)
+flags.DEFINE_list(
+  "dcn_deep_mlp",
+  list(map(str, _D.dcn_deep_mlp)),
+  "dcn only: widths of the deep network on [bottom_out, emb_1..emb_T], ReLU after each "
+  "(paper: 512,256).",
+)
+flags.DEFINE_integer(
+  "dcn_low_rank_dim",
+  _D.dcn_low_rank_dim,
+  "dcnv2 only: rank r of each cross layer's U V (MLPerf: 512); 0 = a full-rank W.",
+)
+flags.DEFINE_list(
+  "embedding_mlp",
+  list(map(str, _D.embedding_mlp)),
+  "Widths of an MLP applied to every embedding vector before the interaction (ReLU "
+  "between layers, none after the last); ends in --embedding_dim. Empty = none.",
+)
+flags.DEFINE_bool(
+  "embedding_mlp_shared",
+  _D.embedding_mlp_shared,
+  "One --embedding_mlp shared by all features; --noembedding_mlp_shared: one per feature.",
 )
 # Optimisation.
 flags.DEFINE_enum(
@@ -239,12 +279,14 @@ def _table_sharding() -> tuple[tuple[str, str], ...]:
   return tuple(pairs)
 
 
+_INT_LISTS = ("bottom_mlp", "top_mlp", "dcn_deep_mlp", "embedding_mlp")
+_SPECIAL = _INT_LISTS + ("mesh_shape", "table_sharding")
+
+
 def config_from_flags() -> Config:
   """The resolved Config of the parsed command line (not yet validated)."""
   values = {
-    f.name: FLAGS[f.name].value
-    for f in dataclasses.fields(Config)
-    if f.name not in ("bottom_mlp", "top_mlp", "mesh_shape", "table_sharding")
+    f.name: FLAGS[f.name].value for f in dataclasses.fields(Config) if f.name not in _SPECIAL
   }
   try:
     mesh_shape = parse_mesh_shape(FLAGS.mesh_shape)
@@ -252,8 +294,7 @@ def config_from_flags() -> Config:
     raise ConfigError(str(e)) from None
   return Config(
     **values,
-    bottom_mlp=_int_list("bottom_mlp"),
-    top_mlp=_int_list("top_mlp"),
+    **{name: _int_list(name) for name in _INT_LISTS},
     mesh_shape=mesh_shape,
     table_sharding=_table_sharding(),
   )

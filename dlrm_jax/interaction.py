@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-INTERACTIONS = ("dot", "cat")
+INTERACTIONS = ("dot", "cat", "dcn", "dcnv2")  # dcn, dcnv2: Flax modules in cross.py
 
 
 @functools.cache

@@ -1,13 +1,14 @@
-"""The dense part of DLRM in Flax: bottom MLP, interaction, top MLP."""
+"""The dense part of DLRM in Flax: bottom MLP, optional embedding MLP, interaction, top MLP."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dlrm_jax.cross import LowRankCrossNet, VectorCrossNet, stack_features
 from dlrm_jax.interaction import interact
 
 
@@ -27,38 +28,97 @@ class MLP(nn.Module):
 
   widths: Sequence[int]
   relu_last: bool = True
+  bias_init: Callable = _reference_bias_init
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, width in enumerate(self.widths):
       x = nn.Dense(
-        width, kernel_init=_reference_kernel_init, bias_init=_reference_bias_init, name=f"dense_{i}"
+        width, kernel_init=_reference_kernel_init, bias_init=self.bias_init, name=f"dense_{i}"
       )(x)
       if i < len(self.widths) - 1 or self.relu_last:
         x = nn.relu(x)
     return x
 
 
+class EmbeddingMLP(nn.Module):
+  """The optional "NNs" layer over the embeddings: an MLP applied to every embedding vector.
+
+  ReLU between layers, none after the last, so that the vectors reaching the
+  interaction keep both signs as raw embeddings do (a final ReLU would zero
+  about half of every vector at initialisation). Kernels start as the
+  reference's MLPs, N(0, sqrt(2 / (fan_in + fan_out))); biases start at zero:
+  embedding rows start in U(-1/sqrt(rows), 1/sqrt(rows)), far below the
+  reference bias init N(0, 1/sqrt(width)), which would replace every vector by
+  nearly the same bias vector. ``shared``: one MLP for all T features; else one
+  per feature (parameters stacked on a leading axis of size T).
+  """
+
+  widths: Sequence[int]
+  shared: bool = True
+
+  @nn.compact
+  def __call__(self, emb: jax.Array) -> jax.Array:
+    """emb: f32[B, T, D] -> f32[B, T, widths[-1]]."""
+    zeros = nn.initializers.zeros
+    if self.shared:
+      return MLP(self.widths, relu_last=False, bias_init=zeros, name="shared")(emb)
+    per_feature = nn.vmap(
+      MLP,
+      in_axes=1,
+      out_axes=1,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+    )
+    return per_feature(self.widths, relu_last=False, bias_init=zeros, name="per_feature")(emb)
+
+
 class DenseModel(nn.Module):
   """Everything but the embedding tables, which live beside it (see embedding.py).
 
   Attributes:
-    bottom_mlp: widths after the 13 dense inputs; the last must equal the
-      embedding dim for the dot interaction.
-    top_mlp: widths after the interaction; the last must be 1 (the logit).
-    interaction: 'dot' or 'cat'.
+    bottom_mlp: widths after the 13 dense inputs (ReLU after each); the last
+      must equal the embedding dim for dot, dcn and dcnv2.
+    top_mlp: widths after the interaction (ReLU between, none after the last);
+      the last must be 1 (the logit). dot / cat / dcnv2: the top MLP on the
+      interaction's output. dcn: the layers on [cross_out, deep_out]; the
+      paper's DCN, whose combination goes straight to the logit, is (1,).
+    interaction: 'dot', 'cat', 'dcn' (DCN, Wang et al. 2017: cross network and
+      a deep network side by side on x0 = [bottom_out, emb_1..emb_T]) or
+      'dcnv2' (DCN-V2: a cross network on x0, stacked under the top MLP).
     interaction_itself: keep the diagonal of the dot interaction.
+    dcn_num_layers: cross layers of dcn / dcnv2 (resolved: >= 1 there).
+    dcn_deep_mlp: dcn's deep network widths on x0, ReLU after each.
+    dcn_low_rank_dim: dcnv2's rank r of U V; 0 = full-rank W.
+    embedding_mlp: widths of the MLP over each embedding vector; () = none.
+    embedding_mlp_shared: one embedding MLP for all features, else one each.
   """
 
   bottom_mlp: Sequence[int]
   top_mlp: Sequence[int]
   interaction: str = "dot"
   interaction_itself: bool = False
+  dcn_num_layers: int = 0
+  dcn_deep_mlp: Sequence[int] = ()
+  dcn_low_rank_dim: int = 0
+  embedding_mlp: Sequence[int] = ()
+  embedding_mlp_shared: bool = True
 
   @nn.compact
   def __call__(self, dense: jax.Array, emb: jax.Array) -> jax.Array:
     """dense: f32[B, 13], emb: f32[B, T, D] -> logits f32[B]."""
     bottom = MLP(self.bottom_mlp, relu_last=True, name="bottom_mlp")(dense)
+    if self.embedding_mlp:
+      emb = EmbeddingMLP(self.embedding_mlp, self.embedding_mlp_shared, name="embedding_mlp")(emb)
     with jax.named_scope("interaction"):
-      z = interact(self.interaction, bottom, emb, self.interaction_itself)
+      if self.interaction == "dcn":
+        x0 = stack_features(bottom, emb)
+        cross = VectorCrossNet(self.dcn_num_layers, name="cross")(x0)
+        deep = MLP(self.dcn_deep_mlp, relu_last=True, name="deep_mlp")(x0)
+        z = jnp.concatenate([cross, deep], axis=1)
+      elif self.interaction == "dcnv2":
+        x0 = stack_features(bottom, emb)
+        z = LowRankCrossNet(self.dcn_num_layers, self.dcn_low_rank_dim, name="cross")(x0)
+      else:
+        z = interact(self.interaction, bottom, emb, self.interaction_itself)
     return MLP(self.top_mlp, relu_last=False, name="top_mlp")(z)[:, 0]

@@ -1,14 +1,20 @@
-"""Device-side conversion between fused embedding buffers and logical per-table arrays.
+"""Fused embedding buffers <-> per-table arrays, and the layout a checkpoint records.
 
-Checkpoints hold every table ``t`` as its own ``f32[rows_t, dim]`` array (and its
-optimizer slots likewise), independent of mesh and plan, so that any layout can
-restore any checkpoint. Both directions run as jitted programs on sharded
-arrays: no table ever passes through one host as a whole.
+Checkpoints hold the fused buffers exactly as training shards them (each device
+writes its own shard, no copy, no collective) plus the layout as JSON
+(``layout_to_json``). Restoring onto another mesh or plan reads the saved
+buffers back through the saved layout: every table ``t`` is cut out as its own
+``f32[rows_t, dim]`` array (and its optimizer slots likewise), one table at a
+time, and written where the new layout places it. Both directions run as jitted
+programs on sharded arrays: no table ever passes through one host as a whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from dlrm_jax.mesh import MODEL_AXIS
 from dlrm_jax.planner import EmbeddingLayout, TablePlacement
+from dlrm_jax.specs import TableSpec
 from dlrm_jax.train_state import TrainState, state_shardings
 
 Logical = dict[str, Any]  # {"tables": {name: f32[rows, dim]}, "slots": {name: {slot: array}}}
@@ -38,12 +45,8 @@ def logical_spec(shape: tuple[int, ...], model_size: int) -> P:
   return P()
 
 
-def _slot_shape(p: TablePlacement, buffer_slot: jax.ShapeDtypeStruct) -> tuple[int, ...]:
-  return (p.spec.rows,) + tuple(buffer_slot.shape[1:])
-
-
 def logical_abstract(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mesh) -> Logical:
-  """ShapeDtypeStructs (with target shardings) of the logical tables and slots."""
+  """ShapeDtypeStructs of per-table arrays (checkpoint format 1), spread over ``mesh``."""
   m = layout.model_size
 
   def sds(shape, dtype):
@@ -51,12 +54,15 @@ def logical_abstract(layout: EmbeddingLayout, abstract_state: TrainState, mesh: 
 
   tables, slots = {}, {}
   for p in layout.placements:
-    buf = abstract_state.tables[p.buffer]
-    tables[p.spec.name] = sds((p.spec.rows, layout.dim), buf.dtype)
+    tables[p.spec.name] = sds((p.spec.rows, layout.dim), abstract_state.tables[p.buffer].dtype)
     buffer_slots = abstract_state.slots[p.buffer]
     if buffer_slots:
       slots[p.spec.name] = {k: sds(_slot_shape(p, v), v.dtype) for k, v in buffer_slots.items()}
   return {"tables": tables, "slots": slots}
+
+
+def _slot_shape(p: TablePlacement, buffer_slot: jax.ShapeDtypeStruct) -> tuple[int, ...]:
+  return (p.spec.rows,) + tuple(buffer_slot.shape[1:])
 
 
 def _extract(layout: EmbeddingLayout, p: TablePlacement, buf: jax.Array) -> jax.Array:
@@ -103,6 +109,20 @@ def _insert(
   return lax.dynamic_update_slice(buf, table.astype(buf.dtype), (p.offset,) + zeros)
 
 
+def logical_tables(
+  layout: EmbeddingLayout, buffers: dict[str, jax.Array], mesh: Mesh
+) -> list[jax.Array]:
+  """Every table as its own f32[rows, dim] array (feature order), each spread over ``mesh``."""
+  m = layout.model_size
+  out = []
+  for p in layout.placements:
+    shape = (p.spec.rows, layout.dim)
+    out.append(
+      _extract_fn(layout, p, NamedSharding(mesh, logical_spec(shape, m)))(buffers[p.buffer])
+    )
+  return out
+
+
 def extract_all(
   layout: EmbeddingLayout, tables: dict[str, jax.Array], slots: dict[str, dict[str, jax.Array]]
 ) -> Logical:
@@ -127,31 +147,103 @@ def _insert_fn(layout: EmbeddingLayout, p: TablePlacement, sharding: NamedShardi
   return jax.jit(functools.partial(_insert, layout, p), out_shardings=sharding, donate_argnums=(0,))
 
 
-def from_logical(
-  layout: EmbeddingLayout, logical: Logical, abstract_state: TrainState, mesh: Mesh
+def fill_buffers(
+  layout: EmbeddingLayout,
+  piece: Callable[[str, str | None], jax.Array],
+  abstract_state: TrainState,
+  mesh: Mesh,
 ) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
-  """Builds the fused buffers (and slots) of ``layout`` one table at a time.
+  """Fused buffers of ``layout``, filled one table at a time from ``piece(name, slot)``.
 
-  Each logical array is deleted once it is written into its buffer, so device
-  memory holds the fused buffers plus the not-yet-inserted tables.
+  Each piece is deleted once written (its buffer is donated and updated in
+  place), so device memory holds the buffers plus one table.
   """
   shardings = state_shardings(mesh, abstract_state)
 
-  def fill(abstract_buf, sharding, pieces):
+  def fill(abstract_buf, sharding, placements, slot):
     buf = _zeros_fn(tuple(abstract_buf.shape), abstract_buf.dtype, sharding)()
-    for p, piece in pieces:
-      buf = _insert_fn(layout, p, sharding)(buf, piece)
-      piece.delete()
+    for p in placements:
+      table = piece(p.spec.name, slot)
+      buf = _insert_fn(layout, p, sharding)(buf, table)
+      table.delete()
     return buf
 
   tables, slots = {}, {}
   for name, abstract_buf in abstract_state.tables.items():
     mine = [p for p in layout.placements if p.buffer == name]
-    tables[name] = fill(
-      abstract_buf, shardings.tables[name], [(p, logical["tables"][p.spec.name]) for p in mine]
-    )
+    tables[name] = fill(abstract_buf, shardings.tables[name], mine, None)
     slots[name] = {
-      k: fill(v, shardings.slots[name][k], [(p, logical["slots"][p.spec.name][k]) for p in mine])
-      for k, v in abstract_state.slots[name].items()
+      k: fill(v, shardings.slots[name][k], mine, k) for k, v in abstract_state.slots[name].items()
     }
   return tables, slots
+
+
+def layout_to_json(layout: EmbeddingLayout) -> dict[str, Any]:
+  """Every field of ``layout`` (placements and their TableSpecs included) as JSON values."""
+  return json.loads(json.dumps(dataclasses.asdict(layout)))
+
+
+def layout_from_json(d: dict[str, Any]) -> EmbeddingLayout:
+  """The inverse of ``layout_to_json`` (JSON lists back to the tuples of frozen dataclasses)."""
+
+  def fields(x: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}
+
+  placements = tuple(
+    TablePlacement(**{**fields(p), "spec": TableSpec(**fields(p["spec"]))}) for p in d["placements"]
+  )
+  return EmbeddingLayout(**{**fields(d), "placements": placements})
+
+
+def buffers_abstract(
+  layout: EmbeddingLayout, slot_tails: dict[str, tuple[tuple[int, ...], Any]], dtype, mesh: Mesh
+) -> dict[str, Any]:
+  """The fused buffers (and slots) of a saved ``layout``, sharded to be readable on ``mesh``.
+
+  ``slot_tails``: slot name -> (shape after the row axis, dtype). Each buffer is
+  spread over ``mesh``'s model axis where it divides (``logical_spec``), so no
+  device of ``mesh`` holds a whole buffer unless nothing divides.
+  """
+  m = dict(mesh.shape).get(MODEL_AXIS, 1)
+
+  def sds(shape, dt):
+    return jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(mesh, logical_spec(shape, m)))
+
+  buffers, slots = {}, {}
+  for name, (rows, dim) in layout.buffer_shapes().items():
+    buffers[name] = sds((rows, dim), dtype)
+    slots[name] = {k: sds((rows,) + tuple(tail), dt) for k, (tail, dt) in slot_tails.items()}
+  return {"buffers": buffers, "slots": slots}
+
+
+def _extract_fn(layout: EmbeddingLayout, p: TablePlacement, sharding: NamedSharding):
+  return jax.jit(functools.partial(_extract, layout, p), out_shardings=sharding)
+
+
+def rebuild(
+  saved: EmbeddingLayout,
+  saved_buffers: dict[str, Any],
+  layout: EmbeddingLayout,
+  abstract_state: TrainState,
+  mesh: Mesh,
+) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
+  """``layout``'s fused buffers from ``saved_buffers`` (laid out by ``saved``), on ``mesh``.
+
+  One table at a time is cut out of the saved buffers (a jitted slice whose
+  result is spread over ``mesh``'s model axis) and written into the new
+  buffers, so device memory holds both sets of buffers plus one table.
+  """
+  m = dict(mesh.shape).get(MODEL_AXIS, 1)
+  by_name = {p.spec.name: p for p in saved.placements}
+
+  def piece(name: str, slot: str | None) -> jax.Array:
+    p = by_name[name]
+    bufs = saved_buffers["buffers"] if slot is None else saved_buffers["slots"][p.buffer]
+    buf = bufs[p.buffer] if slot is None else bufs[slot]
+    shape = (p.spec.rows,) + tuple(buf.shape[1:])
+    return _extract_fn(saved, p, NamedSharding(mesh, logical_spec(shape, m)))(buf)
+
+  out = fill_buffers(layout, piece, abstract_state, mesh)
+  for x in jax.tree.leaves(saved_buffers):
+    x.delete()
+  return out

@@ -19,7 +19,13 @@ def scalar_tag(record: dict[str, Any], key: str) -> str:
 def scalars(record: dict[str, Any]) -> dict[str, float]:
   """The finite numeric values of a metrics.jsonl record, by tag (what TensorBoard gets)."""
   out = {}
+  items = []
   for key, value in record.items():
+    if isinstance(value, dict):  # {"parameters": {"dense": N, ...}} -> parameters/dense
+      items.extend((f"{key}/{k}", v) for k, v in value.items())
+    else:
+      items.append((key, value))
+  for key, value in items:
     if key in NOT_SCALARS or isinstance(value, bool) or not isinstance(value, int | float):
       continue
     if math.isfinite(value):

@@ -17,6 +17,7 @@ from dlrm_jax.components import (
   identity_of,
   initial_state,
   load_components,
+  parameter_counts,
   to_global,
 )
 from dlrm_jax.config import Config
@@ -76,6 +77,7 @@ def _train(
   config, mesh = c.config, c.mesh
   is_chief = jax.process_index() == 0
   abstract = abstract_train_state(c)
+  reached_before = False
   # Load or initialise, never both.
   restored = store.restore_latest_good(c.layout, abstract, mesh, ident, resume=True)
   if restored is not None:
@@ -84,6 +86,13 @@ def _train(
     # Training accuracy since the last log line: per-step correct and count sums.
     pending_correct, pending_count = ([x] for x in restored.meta.get("pending_accuracy", [0, 0]))
     reporting.announce(f"resuming from {restored.path} (step {start})")
+    if _target_reached_before(restored.meta, config.target_auc):
+      # The run stopped at --target_auc there: it is finished, only re-evaluate.
+      reporting.announce(
+        f"--target_auc={config.target_auc:g} was reached at step {start} "
+        f"(validation AUC {restored.meta['validation']['auc']:.5f}); not training further"
+      )
+      total_steps, reached_before = start, True
   else:
     state = initial_state(c)
     start, pending_losses = 0, []
@@ -93,9 +102,17 @@ def _train(
     config.workdir, enabled=is_chief, resume_step=start if restored is not None else None
   )
   log.write_config(config, start)
+  counts = parameter_counts(c)
+  reporting.announce(
+    f"parameters: dense {counts['dense']:,}, embedding {counts['embedding']:,}, "
+    f"total {counts['total']:,}"
+  )
+  if restored is None:  # a resumed file keeps its step-0 line
+    log.write({"step": 0, "parameters": counts})
   train_step = make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract)
   eval_step = make_eval_step(c.model, c.layout, mesh, abstract)
   snapshot = checkpointing.make_snapshot(c.layout, abstract, mesh, config.seed)
+  layout_meta = checkpointing.layout_meta(c.layout, abstract)
 
   def last_good_text() -> str:
     if last_good is None:
@@ -110,7 +127,7 @@ def _train(
       f"--learning_rate or check the input data, in a new --workdir."
     )
 
-  def save(step: int, validation: dict[str, float] | None = None) -> None:
+  def save(step: int, validation: dict[str, float] | None = None, *, reached: bool = False) -> None:
     nonlocal last_good
     tree, finite = snapshot(state)
     losses = [float(x) for x in jax.device_get(pending_losses)]
@@ -132,6 +149,10 @@ def _train(
         ],
         "data_position": {"seed": config.seed, "batch_size": config.batch_size, "next_step": step},
         "validation": validation,
+        "layout": layout_meta,
+        # A rerun of a run stopped by --target_auc only re-evaluates (see _target_reached_before).
+        "target_reached": reached,
+        "target_auc": config.target_auc,
       },
       auc=(validation or {}).get("auc"),
     )
@@ -191,6 +212,9 @@ def _train(
       validation = None
       if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
         validation = run_eval("validation", done)
+      reached = bool(
+        validation is not None and config.target_auc and validation["auc"] >= config.target_auc
+      )
       stop = guard.requested
       if jax.process_count() > 1:
         # Every process must take part in the save: agree on a signal that may
@@ -199,7 +223,7 @@ def _train(
           np.any(multihost_utils.process_allgather(np.int32(guard.requested)))
         )
       if done < total_steps and (validation is not None or (every and done % every == 0)):
-        save(done, validation)
+        save(done, validation, reached=reached)
       elif stop and done < total_steps:
         save(done)
       if stop and done < total_steps:
@@ -210,7 +234,7 @@ def _train(
           f"run the same command again (same --workdir={config.workdir}).",
           guard.signum,
         )
-      if validation is not None and config.target_auc and validation["auc"] >= config.target_auc:
+      if reached:
         # --target_auc (MLPerf): stop here; this validation is the final one, already saved.
         reporting.announce(
           f"validation AUC {validation['auc']:.5f} reached "
@@ -228,9 +252,18 @@ def _train(
     "test": run_eval("test", total_steps),
     "steps": total_steps,
     "checkpoint": store.step_path(total_steps),
-    "target_reached": target_reached,
+    "target_reached": target_reached or reached_before,
   }
   if best is not None:
     results["best_possible_auc"] = best
   log.close()  # flushed after every record, so a run that raises loses no event either
   return results
+
+
+def _target_reached_before(meta: dict[str, Any], target_auc: float) -> bool:
+  """Whether a checkpoint was saved where its run stopped at a validation AUC >= ``target_auc``.
+
+  A rerun with a higher --target_auc (or none) trains on instead.
+  """
+  auc = (meta.get("validation") or {}).get("auc")
+  return bool(meta.get("target_reached") and target_auc and auc is not None and auc >= target_auc)

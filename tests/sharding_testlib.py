@@ -64,14 +64,16 @@ def make_batch(step: int, rows=ROWS, batch: int = BATCH) -> dict[str, np.ndarray
 class Sharded:
   """State and compiled steps of one (mesh, plan, optimizer) combination."""
 
-  def __init__(self, mesh_shape, plan: str, optimizer: str, seed: int = 0):
+  def __init__(
+    self, mesh_shape, plan: str, optimizer: str, seed: int = 0, dense_model: DenseModel = None
+  ):
     self.mesh = mesh_lib.make_mesh(mesh_shape, jax.devices()[: int(np.prod(mesh_shape))])
     self.opt = SparseOptimizer(optimizer, LR)
     self.layout = layout_for(
       plan, mesh_lib.model_size(self.mesh), self.opt.slot_floats_per_row(DIM)
     )
     self.tx = dense_optimizer(optimizer, LR)
-    self.model = model()
+    self.model = dense_model or model()
     self.state = create_train_state(
       self.model, self.layout, self.opt, self.tx, self.mesh, jax.random.key(seed)
     )

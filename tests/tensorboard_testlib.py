@@ -33,7 +33,13 @@ def expected_scalars(metrics_path) -> dict[str, dict[int, float]]:
   for line in Path(metrics_path).read_text().splitlines():
     record = json.loads(line)
     prefix = record.get("split", "train")
+    flat = {}
     for key, value in record.items():
+      if isinstance(value, dict):  # {"parameters": {"dense": N, ...}} -> parameters/dense
+        flat.update({f"{key}/{k}": v for k, v in value.items()})
+      else:
+        flat[key] = value
+    for key, value in flat.items():
       if key in ("step", "split") or value is None or isinstance(value, bool):
         continue
       assert isinstance(value, int | float), (key, value)

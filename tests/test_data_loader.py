@@ -83,7 +83,7 @@ def test_process_slices_partition_the_global_batch(shuffle):
     if (
       shuffle
     ):  # contiguous slices: process i holds the i-th quarter of the global permutation slice
-      perm = np.random.default_rng([5, 0]).permutation(1000)
+      perm = whole.permutation(0)(np.arange(1000))
       lo = step * bs
       for i, b in enumerate(local):
         chunk = perm[lo + i * bs // count : lo + (i + 1) * bs // count]
@@ -171,7 +171,17 @@ def test_on_preprocessed_directory(tmp_path):
     loader = BatchLoader(arrays, 128, shuffle=True, seed=0)
     batch = loader.get_batch(3)
     check_batch_ids(batch["sparse"], meta["table_sizes"])
-    validate_table_sizes(meta, meta["table_sizes"])
+  # The tables the metadata asks for, against what is on disk: every id of every split fits,
+  # and each table has one row per vocabulary value plus the reserved row 0.
+  with np.load(f"{out}/vocab.npz") as z:
+    vocab_rows = [z[name].size + 1 for name in meta["sparse_names"]]
+  assert meta["table_sizes"] == vocab_rows
+  for split in ("train", "test", "validation"):
+    ids = open_split(out, split).sparse
+    assert ids.min() >= 0
+    assert (ids.max(axis=0) < np.asarray(vocab_rows)).all()
+  # Every training value has its row (min_frequency 1), so the training ids reach the last row.
+  np.testing.assert_array_equal(open_split(out, "train").sparse.max(axis=0) + 1, vocab_rows)
   test = open_split(out, "test")
   total = sum(int(b["mask"].sum()) for b in BatchLoader(test, 256, shuffle=False).iterate())
   assert total == meta["num_rows"]["test"]

@@ -109,7 +109,7 @@ def test_exact_auc_with_ties_against_brute_force():
 
 def test_prepare_synthetic_reuses_work(tmp_path):
   out = synthetic.prepare_synthetic(str(tmp_path), 3000, seed=4, progress=False)
-  assert out == os.path.join(str(tmp_path), "synthetic_3000_4", "processed")
+  assert out == os.path.join(str(tmp_path), "synthetic_3000_4", "processed_m0_f1")
   meta = read_metadata(out)
   assert set(meta["best_possible_auc"]) == set(splits.SPLITS)
   assert sum(meta["num_rows"].values()) == 3000

@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import dlrm_reference
 import numpy as np
 import pytest
 from main_runner import run_main
@@ -26,18 +28,50 @@ def trained(tmp_path_factory):
   return work, data, records
 
 
-def test_eval_mode_reproduces_final_test_metrics(trained):
+def numpy_test_metrics(work, data, step):
+  """Test-split metrics of checkpoint ``step`` by the NumPy reference (float64, pairwise AUC)."""
+  processed = next(Path(data).glob("synthetic_*/processed"))
+  names = json.loads((processed / "metadata.json").read_text())["sparse_names"]
+  params, tables = dlrm_reference.read_checkpoint(work / "checkpoints" / str(step))
+  load = lambda f: np.load(processed / f"test_{f}.npy")
+  logits = dlrm_reference.forward(params, [tables[n] for n in names], load("dense"), load("sparse"))
+  labels = load("label")
+  return {
+    "auc": dlrm_reference.pairwise_auc(labels, logits),
+    "logloss": dlrm_reference.logloss(labels, logits),
+    "accuracy": float(np.mean((logits > 0) == (labels > 0.5))),
+    "num_examples": len(labels),
+  }
+
+
+def test_eval_mode_matches_numpy_forward_of_the_checkpoint(trained):
+  """--mode=eval on another mesh and plan (8 devices, row-wise) against the NumPy reference."""
   work, data, records = trained
+  ref = numpy_test_metrics(work, data, 40)
   final = next(r for r in records if r.get("split") == "test")
-  proc = run(
+  # The training run's own final test line (float32 logits, rank AUC) agrees too.
+  assert final["num_examples"] == ref["num_examples"] == 1429
+  assert abs(final["auc"] - ref["auc"]) < 1e-4 and abs(final["logloss"] - ref["logloss"]) < 1e-5
+  assert final["accuracy"] == ref["accuracy"]
+  proc = run_main(
     work,
     data,
     "--mode=eval",
     f"--checkpoint={work}/checkpoints/40",
     "--split=test",
-    "--mesh_shape=1",
+    "--mesh_shape=8",
+    "--sharding=row",
+    devices=8,
+    timeout=240,
   )
-  assert f"test AUC {final['auc']:.4f}  log loss {final['logloss']:.4f}" in proc.stdout
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = re.search(r"test AUC (\S+)  log loss (\S+)  accuracy (\S+)  \((\d+) examples", proc.stdout)
+  assert got, proc.stdout
+  auc, logloss, accuracy, n = (float(x) for x in got.groups())
+  assert n == ref["num_examples"]
+  # Printed to 4 decimals: within half a unit of the last digit, plus float32 rounding.
+  for printed, key in ((auc, "auc"), (logloss, "logloss"), (accuracy, "accuracy")):
+    assert abs(printed - ref[key]) <= 6e-5, (key, printed, ref[key])
 
 
 def test_predict_then_export_round_trip(trained, tmp_path):
@@ -56,7 +90,7 @@ def test_predict_then_export_round_trip(trained, tmp_path):
   assert {"dlrm_loader.py", "function.jax_exported", "weights.npz", "signature.json"} <= set(
     os.listdir(out)
   )
-  processed = next(Path(data).glob("synthetic_*/processed"))
+  processed = next(Path(data).glob("synthetic_*/processed_*"))
   dense, sparse = (str(next(processed.glob(f"test*{f}*.npy"))) for f in ("dense", "sparse"))
   # Scored in a fresh interpreter that can import only the export directory.
   script = (

@@ -41,6 +41,10 @@ def assert_bitwise_equal(a: dict, b: dict):
     assert a[k].tobytes() == b[k].tobytes(), f"{k} differs"
 
 
+def steps(work) -> list[int]:
+  return sorted(int(p.name) for p in (Path(work) / "checkpoints").iterdir() if p.name.isdigit())
+
+
 def metrics(work):
   return [json.loads(line) for line in (Path(work) / "metrics.jsonl").read_text().splitlines()]
 
@@ -152,3 +156,38 @@ def test_other_configuration_is_refused_listing_fields(tmp_path, data, reference
   assert "bottom_mlp: checkpoint [32, 8], now [32, 16]" in proc.stderr
   assert "top_mlp" not in proc.stderr
   assert sorted(os.listdir(work / "checkpoints")) == sorted(os.listdir(reference / "checkpoints"))
+
+
+def test_target_auc_stops_at_the_first_validation_reaching_it_and_a_rerun_only_evaluates(
+  tmp_path, data
+):
+  flags = ("--max_steps=30", "--eval_every_steps=10", "--checkpoint_every_steps=0")
+  free = tmp_path / "free"
+  proc = run_main(free, data, *flags, timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  aucs = {r["step"]: r["auc"] for r in metrics(free) if r.get("split") == "validation"}
+  # A target between the AUCs at steps 10 and 20: missed at the first validation, reached
+  # at the second (so the test fails if the stop comes too early or too late).
+  assert aucs[20] > aucs[10] + 0.01, aucs
+  target = (aucs[10] + aucs[20]) / 2
+  work = tmp_path / "work"
+  proc = run_main(work, data, *flags, f"--target_auc={target}", timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  first = metrics(work)
+  strip = lambda rs: [{k: v for k, v in r.items() if k != "samples_per_sec"} for r in rs]
+  upto20 = [r for r in metrics(free) if r["step"] <= 20]
+  assert strip([r for r in first if r.get("split") != "test"]) == strip(upto20)
+  assert [(r["step"], r["split"]) for r in first if "split" in r][-1] == (20, "test")
+  assert steps(work) == [10, 20]
+  meta = json.loads((work / "checkpoints" / "20" / "meta" / "metadata").read_text())
+  assert meta["target_reached"] is True
+  final = lambda out: next(x for x in out.splitlines() if x.startswith("test AUC"))
+  test_line = final(proc.stdout)
+
+  # The same command again: no training, the same final metrics.
+  again = run_main(work, data, *flags, f"--target_auc={target}", timeout=240)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "was reached at step 20" in again.stderr + again.stdout
+  assert final(again.stdout) == test_line
+  assert metrics(work) == first  # no new training line, no new evaluation
+  assert steps(work) == [10, 20]

@@ -5,7 +5,7 @@ Kinds (the first matching one names a row):
   wrong_column_count    any other line without exactly 40 (39 unlabeled) tab-separated fields
   stray_carriage_return a '\\r' that is not part of a CRLF line ending
   bad_label             a label that is not 0 or 1 (labeled files)
-  bad_integer           an integer field that is not -?[0-9]{1,18} or empty
+  bad_integer           an integer field that is not empty or -?[0-9]+ within int64
   bad_hex               a categorical field that is not 1-8 hex digits or empty
 CRLF line endings are not bad: the '\\r' is dropped.
 """
@@ -27,7 +27,7 @@ KINDS: tuple[str, ...] = (
   "bad_integer",
   "bad_hex",
 )
-_MAX_INT_DIGITS = 18  # fits int64 without overflow checks
+_MAX_INT_DIGITS = 18  # always within int64; longer fields are checked one by one
 _MAX_HEX_DIGITS = 8
 
 
@@ -43,6 +43,16 @@ def _byte_class(chars: bytes) -> np.ndarray:
 
 _NOT_DIGIT = ~_byte_class(b"0123456789")
 _NOT_HEX = ~_byte_class(b"0123456789abcdefABCDEF")
+
+
+def fits_int64(text: bytes) -> bool:
+  """-?[0-9]+ text (any number of leading zeros) -> whether its value is within int64."""
+  digits = text[1:] if text.startswith(b"-") else text
+  digits = digits.lstrip(b"0") or b"0"
+  if len(digits) > 19:  # also keeps int() below Python's 4300-digit limit
+    return False
+  value = -int(digits) if text.startswith(b"-") else int(digits)
+  return -(2**63) <= value < 2**63
 
 
 @dataclasses.dataclass
@@ -110,6 +120,7 @@ class Scan:
   good_lines: int64[g] 0-based line numbers (within the buffer) of those lines.
   bad:        {kind: int64[k] line numbers}; samples: {kind: text of the first}.
   num_lines:  lines in the buffer.
+  longest_line: bytes of its longest good line.
   """
 
   clean: bytes
@@ -117,6 +128,7 @@ class Scan:
   bad: dict[str, np.ndarray]
   samples: dict[str, bytes]
   num_lines: int
+  longest_line: int = 0
 
 
 def scan(buf: bytes | bytearray | memoryview, labeled: bool, unterminated_last: bool) -> Scan:
@@ -157,7 +169,10 @@ def scan(buf: bytes | bytearray | memoryview, labeled: bool, unterminated_last: 
     d_len = length[:, ints]
     d_bad_chars = nondigit[f_end[:, ints]] - nondigit[f_start[:, ints]]
     minus = (d_len >= 2) & (data[np.minimum(f_start[:, ints], data.size - 1)] == ord("-"))
-    int_bad = ((d_bad_chars - minus) > 0) | (d_len > _MAX_INT_DIGITS + minus)
+    int_bad = (d_bad_chars - minus) > 0
+    for r, c in zip(*np.nonzero(~int_bad & (d_len > _MAX_INT_DIGITS + minus)), strict=True):
+      lo = f_start[r, ints][c]
+      int_bad[r, c] = not fits_int64(bytes(data[lo : lo + d_len[r, c]]))  # rare: long fields
     cats = slice(first + cf.NUM_DENSE, num_fields)
     hex_bad = ((nonhex[f_end[:, cats]] - nonhex[f_start[:, cats]]) > 0) | (
       length[:, cats] > _MAX_HEX_DIGITS
@@ -187,6 +202,12 @@ def scan(buf: bytes | bytearray | memoryview, labeled: bool, unterminated_last: 
     if lines.size:
       bad[kind] = lines
       samples[kind] = bytes(data[starts[lines[0]] : nl[lines[0]]])
+  longest = int((nl[good] - starts[good]).max()) if good.size else 0
   return Scan(
-    clean=clean, good_lines=good.astype(np.int64), bad=bad, samples=samples, num_lines=num_lines
+    clean=clean,
+    good_lines=good.astype(np.int64),
+    bad=bad,
+    samples=samples,
+    num_lines=num_lines,
+    longest_line=longest,
   )

@@ -106,14 +106,23 @@ def remap_block(
   missing_bits: np.ndarray,
   tables: list[vocab_lib.IdTable],
   pool: ThreadPoolExecutor,
+  vocabulary: str = "train",
 ) -> np.ndarray:
-  """raw u32 (or i32 view) [n, 26] values and their missing bits u8[n, 4] -> int32[n, 26] ids."""
+  """raw u32 (or i32 view) [n, 26] values and their missing bits u8[n, 4] -> int32[n, 26] ids.
+
+  "train": vocab[k] -> k + 1, missing or unknown -> 0. "reference": vocab[k] -> k, a missing
+  value is the value 0 (the raw value the parser left), unknown -> -1 (callers decide).
+  """
   raw_t = np.ascontiguousarray(np.asarray(raw).view(np.uint32).T)
   miss_t = np.unpackbits(np.asarray(missing_bits), axis=1, count=cf.NUM_SPARSE).astype(bool).T
   ids_t = np.empty(raw_t.shape, dtype=np.int32)
+  present = np.zeros(raw_t.shape[1], dtype=bool)
 
   def remap(j: int) -> None:
-    ids_t[j] = tables[j].lookup(raw_t[j], miss_t[j])
+    if vocabulary == "reference":
+      ids_t[j] = tables[j].lookup(raw_t[j], present) - 1
+    else:
+      ids_t[j] = tables[j].lookup(raw_t[j], miss_t[j])
 
   # NumPy gathers release the GIL, so features remap on all cores.
   list(pool.map(remap, range(cf.NUM_SPARSE)))
@@ -121,7 +130,10 @@ def remap_block(
 
 
 def remap_in_place(
-  writers: Sequence[ColumnsWriter], tables: list[vocab_lib.IdTable], progress: bool
+  writers: Sequence[ColumnsWriter],
+  tables: list[vocab_lib.IdTable],
+  progress: bool,
+  vocabulary: str = "train",
 ) -> None:
   """Replace the raw values in each writer's closed sparse file by ids, block by block."""
   total = sum(w.rows for w in writers)
@@ -134,7 +146,7 @@ def remap_in_place(
       missing = np.load(w.partial("missing"), mmap_mode="r")
       for a in range(0, w.rows, REMAP_BLOCK_ROWS):
         b = min(a + REMAP_BLOCK_ROWS, w.rows)
-        sparse[a:b] = remap_block(sparse[a:b], missing[a:b], tables, pool)
+        sparse[a:b] = remap_block(sparse[a:b], missing[a:b], tables, pool, vocabulary)
         bar.update(b - a)
       sparse.flush()
       del sparse, missing

@@ -14,9 +14,11 @@ import numpy as np
 
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import prefetch
+from dlrm_jax.data.shuffle import Permutation
 from dlrm_jax.data.store import SplitArrays
 
 Batch = dict[str, np.ndarray]
+_WINDOW_POSITIONS = 1 << 16
 
 
 def validate_table_sizes(metadata: dict[str, Any], table_sizes: Sequence[int]) -> None:
@@ -53,7 +55,8 @@ class BatchLoader:
   """Global batches of one split, each process taking its contiguous slice of every global batch.
 
   shuffle=True (training): every epoch is a permutation drawn from (seed, epoch),
-  the last partial batch is dropped, and batch `step` is a pure function of
+  evaluated per batch (shuffle.Permutation: memory O(batch), never O(rows)), the
+  last partial batch is dropped, and batch `step` is a pure function of
   (seed, step), so a resumed run sees exactly the batches of an uninterrupted one.
   shuffle=False (evaluation): all rows in file order; the last global batch is
   padded to full size and `mask` is 0 on padding, so every row counts once.
@@ -90,15 +93,35 @@ class BatchLoader:
     self.batches_per_epoch = n // batch_size if shuffle else -(-n // batch_size)
     if self.batches_per_epoch == 0:
       raise ValueError(f"split has {n} rows, fewer than one training batch of {batch_size}")
-    self._perm_cache: tuple[int, np.ndarray] | None = None
+    self._perm_cache: Permutation | None = None
+    self._perm_epoch = -1
     self._lock = threading.Lock()
+    # Rows of this many consecutive positions are computed at once (one vectorised call instead
+    # of one per small batch) and kept: 512 KiB, whatever the split's size.
+    self._window = max(1, _WINDOW_POSITIONS // batch_size) * batch_size
+    self._rows_cache: tuple[int, int, np.ndarray] | None = None  # (epoch, window, rows)
 
-  def _permutation(self, epoch: int) -> np.ndarray:
+  def permutation(self, epoch: int) -> Permutation:
+    """Epoch `epoch`'s order: position p of the epoch is row permutation(epoch)(p)."""
     with self._lock:
-      if self._perm_cache is None or self._perm_cache[0] != epoch:
-        rng = np.random.default_rng([self.seed, epoch])
-        self._perm_cache = (epoch, rng.permutation(self.arrays.num_rows))
-      return self._perm_cache[1]
+      if self._perm_cache is None or self._perm_epoch != epoch:
+        self._perm_cache = Permutation(self.arrays.num_rows, [self.seed, epoch])
+        self._perm_epoch = epoch
+      return self._perm_cache
+
+  def _epoch_rows(self, epoch: int, lo: int, hi: int) -> np.ndarray:
+    """Rows at positions [lo, hi) of epoch `epoch` (within one window, as batches always are)."""
+    w = lo // self._window
+    with self._lock:
+      cache = self._rows_cache
+    if cache is None or cache[:2] != (epoch, w):
+      first = w * self._window
+      end = min(first + self._window, self.batches_per_epoch * self.batch_size)
+      cache = (epoch, w, self.permutation(epoch)(np.arange(first, end)))
+      with self._lock:
+        self._rows_cache = cache
+    first = w * self._window
+    return cache[2][lo - first : hi - first]
 
   def _local_range(self, batch_in_epoch: int) -> tuple[int, int]:
     start = batch_in_epoch * self.batch_size + self.process_index * self.local_batch_size
@@ -113,7 +136,7 @@ class BatchLoader:
     a = self.arrays
     if self.shuffle:
       # Sorted rows read the memmap/array front to back; order within a batch does not matter.
-      rows = np.sort(self._permutation(epoch)[lo:hi])
+      rows = np.sort(self._epoch_rows(epoch, lo, hi))
       return {
         "dense": a.dense[rows],
         "sparse": a.sparse[rows],

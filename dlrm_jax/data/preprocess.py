@@ -6,7 +6,6 @@ Raw TSV (Kaggle or Terabyte days) -> columnar .npy splits + metadata.json.
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,8 +28,10 @@ def check_raw_file(path: str, *, labeled: bool = True) -> None:
   """Clear errors for a missing or empty file, and for a file with(out) the label column."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no such file")
+  with tsv_parser.open_raw(path) as f:
+    empty = not f.read(1)
   head = tsv_parser.first_line(path)
-  if os.path.getsize(path) == 0 or not head:
+  if empty:
     raise bad_rows.BadRowError(f"{path}: the file is empty (no rows); re-download or re-extract it")
   fields = head.count(b"\t") + 1
   if labeled and fields == cf.NUM_FIELDS - 1:
@@ -58,6 +59,7 @@ def preprocess_criteo(
   sub_sample_rate: float = 0.0,
   sub_sample_seed: int = 0,
   strict: bool = False,
+  vocabulary: str = "train",
   chunk_rows: int = 1 << 19,
   num_days: int = cf.KAGGLE_NUM_DAYS,
   progress: bool = True,
@@ -74,9 +76,11 @@ def preprocess_criteo(
   Output per split in ("train", "test", "validation"):
     {split}_dense.npy f32[N, 13], {split}_sparse.npy i32[N, 26], {split}_label.npy f32[N],
   plus vocab.npz and metadata.json (written last: its presence means finished).
-  Dense: log(max(x, 0) + 1), missing -> 0. Sparse ids: per feature, the training
-  days' values (after % max_ind_range when > 0) with count >= min_frequency,
+  Dense: log(max(x, 0) + 1), missing -> 0. Sparse ids, vocabulary="train": per feature,
+  the training days' values (after % max_ind_range when > 0) with count >= min_frequency,
   sorted, get ids 1..V; id 0 is missing, unseen in training, or rare; table size V + 1.
+  vocabulary="reference" (facebookresearch/dlrm's rule): every distinct value of every kept
+  row of all days, a missing value being the value 0, sorted, gets ids 0..V-1; table size V.
   Negatives of training days are dropped per SUB_SAMPLE_RULE when sub_sample_rate > 0.
   Bad rows are skipped and counted (metadata["bad_rows"]), or raise BadRowError
   with their file:line when strict. chunk_rows bounds memory.
@@ -89,6 +93,10 @@ def preprocess_criteo(
     raise ValueError("no raw files given")
   if max_ind_range < 0 or min_frequency < 1 or not 0.0 <= sub_sample_rate < 1.0:
     raise ValueError("need max_ind_range >= 0, min_frequency >= 1 and 0 <= sub_sample_rate < 1")
+  if vocabulary not in ("train", "reference") or (vocabulary == "reference" and min_frequency > 1):
+    raise ValueError(
+      f"vocabulary={vocabulary!r}: expected train, or reference with min_frequency 1"
+    )
   for path in raw_files:
     check_raw_file(path, labeled=True)
   if dataset == "terabyte":
@@ -101,6 +109,7 @@ def preprocess_criteo(
     "num_days": int(num_days),
     "sub_sample_rate": float(sub_sample_rate),
     "sub_sample_seed": int(sub_sample_seed),
+    "vocabulary": vocabulary,
     "source": store.source_fingerprint(raw_files),
   }
   report = bad_rows.BadRowReport(strict=strict)
@@ -111,8 +120,8 @@ def preprocess_criteo(
   meta_path = os.path.join(out_dir, store.METADATA_FILE)
   if os.path.exists(meta_path):
     os.remove(meta_path)  # the old files are about to be replaced one by one
+  store.remove_partial_files(out_dir)  # left by a killed run
 
-  start = time.perf_counter()
   if dataset == "terabyte":
     meta = terabyte.preprocess_days(
       raw_files,
@@ -125,7 +134,6 @@ def preprocess_criteo(
     )
   else:
     meta = _preprocess_kaggle(raw_files, out_dir, options, report, chunk_rows, progress)
-  meta["seconds"] = round(time.perf_counter() - start, 3)
   if extra_metadata:
     meta.update(extra_metadata)
   store.write_json_atomic(meta_path, meta)
@@ -161,6 +169,7 @@ def _preprocess_kaggle(
     sub_sample_seed=options["sub_sample_seed"],
     chunk_bytes=chunk_bytes_for(raw_files, chunk_rows),
     counters=counters,
+    count_all=options["vocabulary"] == "reference",
     progress=progress,
     progress_total=num_lines,
   )
@@ -173,8 +182,10 @@ def _preprocess_kaggle(
   for w in writers.values():
     w.close()
   counted = [c.result() for c in counters]
-  vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"]) for v, c in counted]
-  columns.remap_in_place(list(writers.values()), vocab_lib.build_tables(vocabs), progress)
+  vocabulary = options["vocabulary"]
+  vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"], vocabulary) for v, c in counted]
+  tables = vocab_lib.build_tables(vocabs)
+  columns.remap_in_place(list(writers.values()), tables, progress, vocabulary)
   for w in writers.values():
     w.commit(keep_missing=False)
   return store.finish_outputs(
@@ -200,12 +211,17 @@ def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19
   (label all 0).
 
   Every line must be good (each line is one Id of a submission), so a bad row raises
-  BadRowError with its file:line.
+  BadRowError with its file:line. Under --vocabulary=reference a value no day had takes the row
+  of the value 0 (a missing value's row); a feature without that row raises BadRowError.
   """
   meta = store.read_metadata(processed_dir)
   check_raw_file(path, labeled=False)
   tables = vocab_lib.build_tables(store.load_vocab(processed_dir, meta["sparse_names"]))
   max_ind_range = int(meta.get("max_ind_range", 0))
+  vocabulary = meta.get("vocabulary", "train")
+  zero_rows = [
+    tables[j].lookup(np.zeros(1, np.uint32), np.zeros(1, bool))[0] - 1 for j in range(cf.NUM_SPARSE)
+  ]
   report = bad_rows.BadRowReport(strict=True)
   dense, sparse = [], []
   with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -218,9 +234,27 @@ def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19
         chunk.cat_t[...] %= np.uint32(max_ind_range)
       dense.append(dense_transform(chunk.dense))
       bits = np.packbits(chunk.missing_t, axis=0).T
-      sparse.append(columns.remap_block(chunk.cat_t.T, bits, tables, pool))
+      ids = columns.remap_block(chunk.cat_t.T, bits, tables, pool, vocabulary)
+      if vocabulary == "reference":
+        _unseen_to_zero_row(ids, zero_rows, path, parsed.lines, meta["sparse_names"])
+      sparse.append(ids)
   dense_all = np.concatenate(dense) if dense else np.zeros((0, cf.NUM_DENSE), np.float32)
   sparse_all = np.concatenate(sparse) if sparse else np.zeros((0, cf.NUM_SPARSE), np.int32)
   return store.SplitArrays(
     dense=dense_all, sparse=sparse_all, label=np.zeros(dense_all.shape[0], np.float32)
   )
+
+
+def _unseen_to_zero_row(
+  ids: np.ndarray, zero_rows: list[int], path: str, lines: np.ndarray, names: list[str]
+) -> None:
+  """ids i32[n, 26] (reference vocabulary, -1 = unseen) in place: unseen -> the value 0's row."""
+  for j in np.flatnonzero((ids < 0).any(axis=0)):
+    unseen = ids[:, j] < 0
+    if zero_rows[j] < 0:
+      line = int(lines[np.argmax(unseen)]) + 1
+      raise bad_rows.BadRowError(
+        f"{path}:{line}: {names[j]} has a value no day of the preprocessed data had, and "
+        f"--vocabulary=reference has no row for the value 0 to put it in; use --vocabulary=train"
+      )
+    ids[unseen, j] = zero_rows[j]

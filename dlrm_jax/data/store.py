@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from dlrm_jax.data import bad_rows
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import splits as splits_lib
+from dlrm_jax.data import vocab as vocab_lib
 
 FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
@@ -27,9 +29,33 @@ VOCAB_FILE = "vocab.npz"
 # Suffix of a file still being written; it is renamed into place when complete.
 PARTIAL = ".partial"
 FIELDS: tuple[str, ...] = ("dense", "sparse", "label")
+SPLIT_RULES = {
+  "kaggle": "the file's lines are cut into {days} days, the last halved into test and validation",
+  "terabyte": "the last of the {days} day files is halved into test and validation",
+}
+ID_CONVENTIONS = {
+  "train": (
+    "per feature, training-days values (after % max_ind_range) sorted ascending get ids 1..V; "
+    "id 0 = missing, unseen in training, or rarer than min_frequency; table size V + 1"
+  ),
+  "reference": (
+    "per feature, every distinct value of every kept row of all days (after % max_ind_range; "
+    "a missing value is the value 0), sorted ascending, gets ids 0..V-1; table size V "
+    "(facebookresearch/dlrm's sizes)"
+  ),
+}
 # Splits smaller than this are copied into RAM: random row gathers from a
 # memmap pay page-cache lookups that plain arrays do not.
 _IN_MEMORY_BYTES = 4 << 30
+
+
+def processed_name(
+  max_ind_range: int, min_frequency: int, sub_sample_rate: float, vocabulary: str
+) -> str:
+  """Directory name of one set of preprocessing options, e.g. processed_m0_f1."""
+  sub = f"_s{sub_sample_rate:g}" if sub_sample_rate else ""
+  ref = "_vreference" if vocabulary == "reference" else ""
+  return f"processed_m{max_ind_range}_f{min_frequency}{sub}{ref}"
 
 
 def split_file(out_dir: str, split: str, field: str) -> str:
@@ -54,6 +80,14 @@ def write_json_atomic(path: str, obj: dict[str, Any]) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def remove_partial_files(out_dir: str) -> None:
+  """Delete the half-written files (names with PARTIAL) a killed run left in out_dir."""
+  for name in os.listdir(out_dir):
+    path = os.path.join(out_dir, name)
+    if PARTIAL in name and os.path.isfile(path):
+      os.remove(path)
 
 
 def read_metadata(processed_dir: str) -> dict[str, Any]:
@@ -110,28 +144,50 @@ def finish_outputs(
   ``counted``: per feature (distinct training values, counts); ``writers``: split -> its
   committed writer (``rows``, ``positives``).
   """
-  save_vocab(out_dir, vocabs)
   rows = {s: w.rows for s, w in writers.items()}
+  for split, n in rows.items():
+    if n == 0:
+      files = ", ".join(src["path"] for src in options["source"])
+      raise bad_rows.BadRowError(
+        f"{files}: the {split} split is empty (too few lines, or every line of it was bad or "
+        f"sub-sampled away): {report.summary()}. Training, evaluation and validation each need "
+        f"rows; {SPLIT_RULES[options['dataset']].format(days=options['num_days'])}"
+      )
+  save_vocab(out_dir, vocabs)
   positives = {s: w.positives for s, w in writers.items()}
+  vocabulary = options.get("vocabulary", "train")
+  counted_key = "distinct_train_values" if vocabulary == "train" else "distinct_values"
   return {
     **options,
-    "table_sizes": [int(v.size) + 1 for v in vocabs],
+    "table_sizes": [vocab_lib.table_size(v, vocabulary) for v in vocabs],
     "num_rows": rows,
     "positive_rate": {s: (positives[s] / rows[s] if rows[s] else 0.0) for s in rows},
-    "distinct_train_values": [int(v.size) for v, _ in counted],
+    counted_key: [int(v.size) for v, _ in counted],
     "num_dense": cf.NUM_DENSE,
     "num_sparse": cf.NUM_SPARSE,
     "dense_names": list(cf.DENSE_NAMES),
     "sparse_names": list(cf.SPARSE_NAMES),
     "dense_transform": "log(max(x, 0) + 1) in float32; missing -> 0",
-    "id_convention": (
-      "per feature, training-days values (after % max_ind_range) sorted ascending get ids 1..V; "
-      "id 0 = missing, unseen in training, or rarer than min_frequency; table size V + 1"
-    ),
+    "id_convention": ID_CONVENTIONS[vocabulary],
     "bad_rows": report.to_json(),
     "bad_rows_summary": report.summary(),
     **extra,
   }
+
+
+def vocab_sizes(processed_dir: str, names: Sequence[str]) -> list[int]:
+  """Number of values of each saved vocabulary, read from the .npy headers only."""
+  sizes = []
+  with zipfile.ZipFile(os.path.join(processed_dir, VOCAB_FILE)) as z:
+    for name in names:
+      with z.open(f"{name}.npy") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = (
+          np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        )
+        shape, _, _ = read_header(f)
+      sizes.append(int(shape[0]))
+  return sizes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,13 +87,15 @@ def stream(
   sub_sample_seed: int,
   chunk_bytes: int,
   counters: list[vocab_lib.ValueCounter],
+  count_all: bool = False,
   progress: bool = False,
   progress_total: int | None = None,
   desc: str = "parse",
 ) -> dict[str, int]:
   """Parse every row once into its segment's writer: final dense/label, raw (hashed) values as
-  sparse, missing bits; training rows are sub-sampled and counted into `counters`. Returns line/row
-  counts."""
+  sparse, missing bits; training rows are sub-sampled. `counters` count the present values of the
+  kept training rows, or with count_all (--vocabulary=reference) every kept row's values of every
+  segment, a missing value counted as the value 0. Returns line/row counts."""
   sub = _Subsampler(sub_sample_rate, sub_sample_seed)
   stats = {"lines": 0, "rows": 0, "dropped_negatives": 0}
   with tqdm(
@@ -123,7 +125,10 @@ def stream(
           rows = np.flatnonzero(~drop) + a
         seg.writer.append(dense[rows], label[rows], cat_t[:, rows].T, missing_bits[rows])
         stats["rows"] += int(label[rows].shape[0])
-        if seg.train:
+        if count_all:
+          for j, counter in enumerate(counters):
+            counter.add(cat_t[j, rows])  # the parser left 0 where missing: the reference's rule
+        elif seg.train:
           for j, counter in enumerate(counters):
             counter.add(cat_t[j, rows][~missing_t[j, rows]])
       stats["lines"] += c1 - c0

@@ -14,6 +14,7 @@ import pyarrow.csv as pacsv
 
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import splits as splits_lib
+from dlrm_jax.data import store
 from dlrm_jax.data.preprocess import preprocess_criteo
 
 # Shaped like Kaggle's (a few ids up to ~100k), scaled down so 1-3M rows can learn them.
@@ -349,9 +350,20 @@ def generate_criteo_tsv(
   return meta
 
 
-def prepare_synthetic(data_dir: str, num_rows: int, seed: int, *, progress: bool = True) -> str:
-  """Generate (once) data_dir/synthetic_<rows>_<seed>/train.txt, preprocess it (once); return the
-  processed dir."""
+def prepare_synthetic(
+  data_dir: str,
+  num_rows: int,
+  seed: int,
+  *,
+  progress: bool = True,
+  max_ind_range: int = 0,
+  min_frequency: int = 1,
+  sub_sample_rate: float = 0.0,
+  strict: bool = False,
+  vocabulary: str = "train",
+) -> str:
+  """Generate (once) data_dir/synthetic_<rows>_<seed>/train.txt and preprocess it (once per set of
+  options, into its own directory, exactly as Kaggle's train.txt); return the processed dir."""
   root = os.path.join(data_dir, f"synthetic_{num_rows}_{seed}")
   raw = os.path.join(root, "train.txt")
   os.makedirs(root, exist_ok=True)
@@ -364,9 +376,20 @@ def prepare_synthetic(data_dir: str, num_rows: int, seed: int, *, progress: bool
       teacher_meta = None  # made by an older generator: rebuild rather than serve stale rows
   if teacher_meta is None:
     teacher_meta = generate_criteo_tsv(raw, num_rows, seed)
-  processed = os.path.join(root, "processed")
+  processed = os.path.join(
+    root, store.processed_name(max_ind_range, min_frequency, sub_sample_rate, vocabulary)
+  )
   extra = {"best_possible_auc": teacher_meta["best_possible_auc"], "synthetic": teacher_meta}
   preprocess_criteo(
-    [raw], processed, num_days=teacher_meta["num_days"], extra_metadata=extra, progress=progress
+    [raw],
+    processed,
+    num_days=teacher_meta["num_days"],
+    max_ind_range=max_ind_range,
+    min_frequency=min_frequency,
+    sub_sample_rate=sub_sample_rate,
+    strict=strict,
+    vocabulary=vocabulary,
+    extra_metadata=extra,
+    progress=progress,
   )
   return processed

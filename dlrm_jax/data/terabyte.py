@@ -50,7 +50,9 @@ def _process_day(
   os.makedirs(path)
   report = bad_rows.BadRowReport(strict=strict)
   writer = columns.ColumnsWriter(path, "day", with_missing=True)
-  counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)] if key["train"] else []
+  reference = key["vocabulary"] == "reference"
+  counting = key["train"] or reference
+  counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)] if counting else []
   segment = streaming.Segment(0, 1 << 62, writer, key["day"], key["train"])
   stats = streaming.stream(
     [raw],
@@ -61,6 +63,7 @@ def _process_day(
     sub_sample_seed=key["sub_sample_seed"],
     chunk_bytes=streaming.chunk_bytes_for([raw], chunk_rows),
     counters=counters,
+    count_all=reference,
     progress=progress,
     desc=f"day {key['day']}",
   )
@@ -119,6 +122,7 @@ def preprocess_days(
       "max_ind_range": options["max_ind_range"],
       "sub_sample_rate": options["sub_sample_rate"] if train else 0.0,
       "sub_sample_seed": options["sub_sample_seed"],
+      "vocabulary": options["vocabulary"],
       "source": store.source_fingerprint([raw]),
     }
     path = day_dir(out_dir, d)
@@ -128,13 +132,14 @@ def preprocess_days(
     report.merge(info["bad_rows"])
     infos.append(info)
 
+  vocabulary = options["vocabulary"]
   counters = [vocab_lib.ValueCounter() for _ in range(cf.NUM_SPARSE)]
-  for d in range(n_days - 1):
+  for d in range(n_days if vocabulary == "reference" else n_days - 1):
     with np.load(os.path.join(day_dir(out_dir, d), COUNTS_FILE)) as z:
       for name, counter in zip(cf.SPARSE_NAMES, counters, strict=True):
         counter.add_counted(z[f"{name}_values"], z[f"{name}_counts"])
   counted = [c.result() for c in counters]
-  vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"]) for v, c in counted]
+  vocabs = [vocab_lib.build_vocab(v, c, options["min_frequency"], vocabulary) for v, c in counted]
   tables = vocab_lib.build_tables(vocabs)
 
   last_rows = infos[-1]["rows"]
@@ -154,7 +159,7 @@ def preprocess_days(
       day = _open_day(day_dir(out_dir, d))
       for a in range(lo, hi, columns.REMAP_BLOCK_ROWS):
         b = min(a + columns.REMAP_BLOCK_ROWS, hi)
-        ids = columns.remap_block(day["sparse"][a:b], day["missing"][a:b], tables, pool)
+        ids = columns.remap_block(day["sparse"][a:b], day["missing"][a:b], tables, pool, vocabulary)
         writers[split].append(
           np.asarray(day["dense"][a:b]), np.asarray(day["label"][a:b]), ids, None
         )

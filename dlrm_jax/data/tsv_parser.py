@@ -61,7 +61,8 @@ def _read_options(
     escape_char=False,
     ignore_empty_lines=False,
   )
-  types: dict[str, pa.DataType] = {cf.LABEL_NAME: pa.int32()} if labeled else {}
+  # The label as bytes: pyarrow's int parser would also take "01" or "00".
+  types: dict[str, pa.DataType] = {cf.LABEL_NAME: pa.binary()} if labeled else {}
   types.update({name: pa.int64() for name in cf.DENSE_NAMES})
   # binary (not string) skips UTF-8 validation; empty stays "" and marks missing.
   types.update({name: pa.binary() for name in cf.SPARSE_NAMES})
@@ -156,16 +157,29 @@ def decode_hex_column(
   return values, missing
 
 
+def _label_column(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+  """Binary label column -> int32[n]; ValueError unless every label is exactly "0" or "1"."""
+  if isinstance(column, pa.ChunkedArray):
+    column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+  n = len(column)
+  if n == 0:
+    return np.zeros(0, np.int32)
+  _, off_buf, data_buf = column.buffers()
+  offsets = np.frombuffer(off_buf, dtype=np.int32, count=n + 1, offset=column.offset * 4)
+  if column.null_count or not np.all(np.diff(offsets) == 1):
+    raise ValueError("a label is not one character")
+  data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
+  label = data.astype(np.int32) - ord("0")
+  if label.min() < 0 or label.max() > 1:
+    raise ValueError("a label is not 0 or 1")
+  return label
+
+
 def table_to_chunk(table: pa.Table, labeled: bool = True) -> RawChunk:
   """Parsed pyarrow table (40 Criteo columns, 39 unlabeled) -> RawChunk."""
   n = table.num_rows
   if labeled:
-    label_col = table.column(cf.LABEL_NAME)
-    if label_col.null_count:
-      raise ValueError("a row has an empty label")
-    label = label_col.to_numpy().astype(np.int32, copy=False)
-    if label.size and (label.min() < 0 or label.max() > 1):
-      raise ValueError("a label is not 0 or 1")
+    label = _label_column(table.column(cf.LABEL_NAME))
   else:
     label = np.zeros(n, dtype=np.int32)
   dense = np.empty((n, cf.NUM_DENSE), dtype=np.int64)
@@ -217,11 +231,24 @@ def first_line(path: str, limit: int = 1 << 16) -> bytes:
   return head.split(b"\n", 1)[0].rstrip(b"\r")
 
 
-def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[memoryview, bool]]:
+# Bytes of well-formed Criteo text. A buffer with any other byte (space, '+', 'x', NUL, non-ASCII,
+# a '\r' outside CRLF...) goes to bad_rows.scan: pyarrow's integer parser would accept " 5", "0x5".
+_PLAIN = b"0123456789abcdefABCDEF-\t\n"
+
+
+def plain_bytes(buf: bytes | bytearray | memoryview) -> bool:
+  """True if buf holds only hex digits, '-', tabs, newlines and CRLF line ends."""
+  data = bytes(buf) if isinstance(buf, memoryview) else buf  # translate needs bytes(-like)
+  if data.translate(None, _PLAIN) == b"":
+    return True
+  return data.count(b"\r") == data.count(b"\r\n") and not data.translate(None, _PLAIN + b"\r")
+
+
+def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[bytearray | bytes, bool]]:
   """Yield (byte range, unterminated) of consecutive whole lines of a file (gzip or not).
 
-  Each range is a view of a fresh buffer filled by readinto, so only the
-  partial last line is ever copied. A last line without a line break gets
+  Each range is a fresh buffer filled by readinto and cut at its last line break, so only
+  the partial last line is ever copied. A last line without a line break gets
   one appended and unterminated=True.
   """
   carry = b""
@@ -238,9 +265,10 @@ def iter_byte_chunks(path: str, chunk_bytes: int) -> Iterator[tuple[memoryview, 
         carry = bytes(buf[:end])
         continue
       carry = bytes(buf[cut:end])
-      yield memoryview(buf)[:cut], False
+      del buf[cut:]  # shrinks in place: no copy of the chunk
+      yield buf, False
   if carry:
-    yield memoryview(carry + b"\n"), True
+    yield carry + b"\n", True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +296,8 @@ def iter_parsed(
   line = 0
   for buf, unterminated in iter_byte_chunks(path, chunk_bytes):
     try:
+      if not plain_bytes(buf):
+        raise ValueError("bytes outside the fast path's alphabet")
       chunk = parse_bytes(buf, labeled=labeled)
       lines = np.arange(line, line + chunk.num_rows, dtype=np.int64)
       nlines = chunk.num_rows
@@ -278,7 +308,12 @@ def iter_parsed(
         report.record(kind, path, bad + line, found.samples[kind])
       lines = found.good_lines + line
       nlines = found.num_lines
-      chunk = parse_bytes(found.clean, labeled=labeled) if found.clean else _empty_chunk()
+      block = max(1 << 22, found.longest_line + 2)  # pyarrow needs a whole row in one block
+      chunk = (
+        parse_bytes(found.clean, block_size=block, labeled=labeled)
+        if found.clean
+        else _empty_chunk()
+      )
     yield ParsedChunk(chunk, lines, (line, line + nlines))
     line += nlines
 

@@ -59,11 +59,22 @@ class ValueCounter:
     return self._values, self._counts
 
 
-def build_vocab(values: np.ndarray, counts: np.ndarray, min_frequency: int) -> np.ndarray:
-  """Sorted uint32[v] values that get their own id (count >= min_frequency)."""
-  if min_frequency <= 1:
+def build_vocab(
+  values: np.ndarray, counts: np.ndarray, min_frequency: int, vocabulary: str = "train"
+) -> np.ndarray:
+  """Sorted uint32[v] values that get their own row.
+
+  vocabulary="train": counted values with count >= min_frequency (rows 1..v, row 0 reserved);
+  "reference": every counted value (rows 0..v-1; the counts then include the value 0 for missing).
+  """
+  if vocabulary == "reference" or min_frequency <= 1:
     return values
   return values[counts >= min_frequency]
+
+
+def table_size(vocab: np.ndarray, vocabulary: str) -> int:
+  """Rows of the table for `vocab`: one per value, plus the reserved row 0 under "train"."""
+  return int(vocab.size) + (1 if vocabulary == "train" else 0)
 
 
 def lookup_ids(vocab: np.ndarray, values: np.ndarray, missing: np.ndarray) -> np.ndarray:

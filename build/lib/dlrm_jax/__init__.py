@@ -1,1 +1,0 @@
-"""dlrm-jax: DLRM in JAX/Flax with sharded embedding tables."""
