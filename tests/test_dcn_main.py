@@ -46,7 +46,7 @@ def test_cross_models_train_count_and_export(arm, data, tmp_path):
   work = tmp_path / "work"
   flags = [*flags, "--max_steps=20", "--eval_every_steps=0"]
   proc = _ok(run_main(work, data, *flags))
-  meta = json.loads(next(Path(data).glob("synthetic_*/processed/metadata.json")).read_text())
+  meta = json.loads(next(Path(data).glob("synthetic_*/processed_*/metadata.json")).read_text())
   embedding = sum(meta["table_sizes"]) * DIM
   records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
   want = {"dense": dense_params, "embedding": embedding, "total": dense_params + embedding}
@@ -62,7 +62,7 @@ def test_cross_models_train_count_and_export(arm, data, tmp_path):
   # The exported function scores the test split to the AUC training logged.
   out = tmp_path / "export"
   _ok(run_main(work, data, *flags, "--mode=export", f"--export_dir={out}"))
-  processed = next(Path(data).glob("synthetic_*/processed"))
+  processed = next(Path(data).glob("synthetic_*/processed_*"))
   scorer = export_loader.load(str(out))
   p = scorer(np.load(processed / "test_dense.npy"), np.load(processed / "test_sparse.npy"))
   np.testing.assert_allclose(

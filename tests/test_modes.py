@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
 
 def numpy_test_metrics(work, data, step):
   """Test-split metrics of checkpoint ``step`` by the NumPy reference (float64, pairwise AUC)."""
-  processed = next(Path(data).glob("synthetic_*/processed"))
+  processed = next(Path(data).glob("synthetic_*/processed_*"))
   names = json.loads((processed / "metadata.json").read_text())["sparse_names"]
   params, tables = dlrm_reference.read_checkpoint(work / "checkpoints" / str(step))
   load = lambda f: np.load(processed / f"test_{f}.npy")

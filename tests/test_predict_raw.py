@@ -38,7 +38,7 @@ def test_train_tiny_then_predict_unlabeled_raw_file(tmp_path):
   np.testing.assert_array_equal(table[:, 0], 60_000_000 + np.arange(3001))
   # The same rows through the processed training split, scored by the NumPy reference
   # with the checkpoint's weights: the raw file was encoded with the training vocabulary.
-  processed = next(data.glob("synthetic_*/processed"))
+  processed = next(data.glob("synthetic_*/processed_*"))
   names = json.loads((processed / "metadata.json").read_text())["sparse_names"]
   params, tables = dlrm_reference.read_checkpoint(work / "checkpoints" / "10")
   rows = slice(0, 3001)
