@@ -1,18 +1,19 @@
-"""Train-step throughput of the Criteo-Kaggle-size DLRM on random ids.
+"""Train-step throughput of the Criteo-Kaggle-size DLRM (or MLPerf's) on random ids.
 
 python benchmarks/train_throughput.py [--batch_sizes=128,2048] [--steps=30]
-    [--multi_hot_sizes=3,2,1,...]
+    [--steps_per_call=1] [--compute_dtype=float32] [--model=kaggle|mlperf] [--max_table_rows=0]
 
 Prints, per batch size: samples/s (median over timed windows), the model's
-GFLOP/s against a same-process XLA matmul's GFLOP/s, and peak RSS against
+GFLOP/s against a same-process XLA f32 matmul's GFLOP/s, and peak RSS against
 the bytes of tables + optimizer state + dense parameters. With
---multi_hot_sizes, then the same model with bags of those sizes (sum pooling):
-samples/s and ids/s against the one-hot figure, each also normalised by the
-matmul timed in its own windows.
+--multi_hot_sizes, then the same model with bags of those sizes (sum pooling,
+one step per call): samples/s and ids/s against the one-hot figure, each also
+normalised by the matmul timed in its own windows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import statistics
 import time
@@ -36,16 +37,43 @@ flags.DEFINE_list("batch_sizes", ["128", "2048"], "Global batch sizes to measure
 flags.DEFINE_integer("steps", 30, "Timed steps per window.")
 flags.DEFINE_integer("windows", 5, "Timed windows per batch size (the median is reported).")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adagrad", "rowwise_adagrad"], "Table optimizer.")
-flags.DEFINE_integer("embedding_dim", 16, "Embedding width.")
+flags.DEFINE_integer("embedding_dim", 0, "Embedding width; 0 = the --model's (16 or 128).")
+flags.DEFINE_integer(
+  "steps_per_call", 1, "Train steps per dispatch (a lax.scan over stacked batches); default 1."
+)
+flags.DEFINE_enum(
+  "compute_dtype", "float32", ["float32", "bfloat16"], "MLP and interaction matmul dtype."
+)
+flags.DEFINE_enum(
+  "model",
+  "kaggle",
+  ["kaggle", "mlperf"],
+  "kaggle: 26 Kaggle tables, dim 16, bottom 512-256-64-16, top 512-256-1; mlperf (v1): "
+  "26 Criteo-1TB tables capped at 40M rows (204M rows), dim 128, bottom 512-256-128, "
+  "top 1024-1024-512-256-1.",
+)
 flags.DEFINE_list(
   "multi_hot_sizes",
   [],
   "Also measure bags of these sizes (one per table, or one for all; sum pooling); "
   "empty (default) = one-hot only.",
 )
+flags.DEFINE_integer(
+  "max_table_rows", 0, "Cap every table at this many rows (to fit a device or a test); 0 = none."
+)
 FLAGS = flags.FLAGS
 
 BOTTOM, TOP = (512, 256, 64, 16), (512, 256, 1)
+# MLPerf DLRM v1/v2 on Criteo 1TB: ids modulo 40M, so the big tables have 40M rows.
+MLPERF_TABLE_SIZES = (
+  40000000, 39060, 17295, 7424, 20265, 3, 7122, 1543, 63, 40000000, 3067956, 405282, 10,
+  2209, 11938, 155, 4, 976, 14, 40000000, 40000000, 40000000, 590152, 12973, 108, 36,
+)  # fmt: skip
+MODELS = {
+  # name: (table sizes, dim, bottom MLP, top MLP)
+  "kaggle": (KAGGLE_TABLE_SIZES, 16, BOTTOM, TOP),
+  "mlperf": (MLPERF_TABLE_SIZES, 128, (512, 256, 128), (1024, 1024, 512, 256, 1)),
+}
 
 
 def mlp_macs(widths_in: int, widths) -> int:
@@ -56,12 +84,12 @@ def mlp_macs(widths_in: int, widths) -> int:
   return macs
 
 
-def model_flops_per_sample(dim: int, num_tables: int) -> float:
+def model_flops_per_sample(dim: int, num_tables: int, bottom=BOTTOM, top=TOP) -> float:
   """Forward + backward (3x forward) FLOPs of the MLPs and the dot interaction."""
   f = num_tables + 1
   forward_macs = (
-    mlp_macs(NUM_DENSE, BOTTOM)
-    + mlp_macs(interaction_width("dot", num_tables, dim), TOP)
+    mlp_macs(NUM_DENSE, bottom)
+    + mlp_macs(interaction_width("dot", num_tables, dim), top)
     + f * f * dim
   )
   return 3 * 2 * forward_macs
@@ -109,26 +137,14 @@ def random_bag_batch(rng: np.random.Generator, specs, batch_size: int, mesh):
   return jax.device_put(batch, batch_shardings(mesh))
 
 
-def measure(step, state, make_batch, batch_size: int):
-  """(median samples/s, median matmul GFLOP/s, state) over FLAGS.windows windows."""
-  batches = [make_batch() for _ in range(8)]
-  _, state = timed_window(step, state, batches, 1)  # compile
-  rates, matmuls = [], []
-  for _ in range(FLAGS.windows):
-    seconds, state = timed_window(step, state, batches, FLAGS.steps)
-    rates.append(FLAGS.steps * batch_size / seconds)
-    matmuls.append(matmul_gflops(reps=10))
-  return statistics.median(rates), statistics.median(matmuls), state
-
-
-def multi_hot_report(dim: int, one_hot: dict[int, tuple[float, float]]) -> None:
-  """Measures the bags of --multi_hot_sizes and prints them against ``one_hot`` figures."""
+def multi_hot_report(specs, bottom, top, one_hot: dict[int, tuple[float, float]]) -> None:
+  """Measures ``specs`` with the bags of --multi_hot_sizes against ``one_hot`` figures."""
   sizes = [int(v) for v in FLAGS.multi_hot_sizes]
   if len(sizes) == 1:
-    sizes = sizes * len(SPARSE_NAMES)
+    sizes = sizes * len(specs)
   mesh = make_mesh()
-  specs = table_specs(list(SPARSE_NAMES), list(KAGGLE_TABLE_SIZES), dim, sizes, "sum")
-  step, state = reference_step(specs, mesh, FLAGS.optimizer)
+  specs = [dataclasses.replace(s, bag_size=n) for s, n in zip(specs, sizes, strict=True)]
+  step, state = reference_step(specs, mesh, FLAGS.optimizer, bottom=bottom, top=top)
   rng = np.random.default_rng(1)
   ids = sum(sizes)
   print(f"multi-hot: {ids} ids per sample (sizes {','.join(map(str, sizes))}), sum pooling")
@@ -137,9 +153,14 @@ def multi_hot_report(dim: int, one_hot: dict[int, tuple[float, float]]) -> None:
     f"{'ratio':>6} {'ratio/matmul':>13}"
   )
   for batch_size in map(int, FLAGS.batch_sizes):
-    rate, mm, state = measure(
-      step, state, lambda b=batch_size: random_bag_batch(rng, specs, b, mesh), batch_size
-    )
+    batches = [random_bag_batch(rng, specs, batch_size, mesh) for _ in range(8)]
+    _, state = timed_window(step, state, batches, 1)  # compile
+    rates, matmuls = [], []
+    for _ in range(FLAGS.windows):
+      seconds, state = timed_window(step, state, batches, FLAGS.steps)
+      rates.append(FLAGS.steps * batch_size / seconds)
+      matmuls.append(matmul_gflops(reps=10))
+    rate, mm = statistics.median(rates), statistics.median(matmuls)
     base, base_mm = one_hot[batch_size]
     print(
       f"{batch_size:>6} {rate:>10,.0f} {rate * ids:>12,.0f} {base:>18,.0f} "
@@ -147,22 +168,47 @@ def multi_hot_report(dim: int, one_hot: dict[int, tuple[float, float]]) -> None:
     )
 
 
-def reference_step(specs, mesh, optimizer: str = "sgd"):
-  """The reference Kaggle architecture over ``specs``: (jitted train step, initial state)."""
+def reference_step(
+  specs,
+  mesh,
+  optimizer: str = "sgd",
+  *,
+  bottom=BOTTOM,
+  top=TOP,
+  steps_per_call: int = 1,
+  compute_dtype: str = "float32",
+):
+  """The reference architecture over ``specs``: (jitted train step, initial state).
+
+  With ``steps_per_call`` K > 1 the step takes K stacked batches (``stack_batches``).
+  """
   dim = specs[0].dim
   sparse_opt = SparseOptimizer(optimizer, 0.1)
   slot_floats = sparse_opt.slot_floats_per_row(dim)
   layout = plan_layout(specs, model_size(mesh), slot_floats_per_row=slot_floats)
-  model = DenseModel(BOTTOM, TOP, "dot")
+  model = DenseModel(bottom, top, "dot", dtype=jnp.dtype(compute_dtype))
   tx = dense_optimizer(optimizer, 0.1)
   state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))
   jax.block_until_ready(state)
-  step = make_train_step(model, layout, sparse_opt, tx, mesh, jax.eval_shape(lambda s: s, state))
+  abstract = jax.eval_shape(lambda s: s, state)
+  step = make_train_step(model, layout, sparse_opt, tx, mesh, abstract, steps_per_call)
   return step, state
 
 
+def stack_batches(batches, k: int, mesh) -> list[dict[str, jax.Array]]:
+  """Groups of ``k`` consecutive device batches (cycling) as stacked [k, B, ...] batches."""
+  shardings = batch_shardings(mesh, stacked=True)
+  out = []
+  for g in range(len(batches)):
+    group = [batches[(g * k + i) % len(batches)] for i in range(k)]
+    out.append(
+      jax.device_put({key: jnp.stack([b[key] for b in group]) for key in group[0]}, shardings)
+    )
+  return out
+
+
 def timed_window(step, state, batches, steps: int):
-  """Runs ``steps`` steps cycling through ``batches``: (seconds, state)."""
+  """Runs ``steps`` calls of ``step`` cycling through ``batches``: (seconds, state)."""
   t = time.perf_counter()
   for i in range(steps):
     state, out = step(state, batches[i % len(batches)])
@@ -172,17 +218,33 @@ def timed_window(step, state, batches, steps: int):
 
 def main(argv):
   del argv
-  dim = FLAGS.embedding_dim
+  sizes, dim, bottom, top = MODELS[FLAGS.model]
+  dim = FLAGS.embedding_dim or dim
+  if FLAGS.max_table_rows:
+    sizes = [min(s, FLAGS.max_table_rows) for s in sizes]
+  k = FLAGS.steps_per_call
+  if k < 1 or FLAGS.steps % k:
+    raise app.UsageError(f"--steps={FLAGS.steps} must be a multiple of --steps_per_call={k}")
   mesh = make_mesh()
-  specs = table_specs(list(SPARSE_NAMES), list(KAGGLE_TABLE_SIZES), dim)
+  specs = table_specs(list(SPARSE_NAMES), list(sizes), dim)
   t0 = time.perf_counter()
-  step, state = reference_step(specs, mesh, FLAGS.optimizer)
+  step, state = reference_step(
+    specs,
+    mesh,
+    FLAGS.optimizer,
+    bottom=bottom,
+    top=top,
+    steps_per_call=k,
+    compute_dtype=FLAGS.compute_dtype,
+  )
   init_s = time.perf_counter() - t0
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-  flops = model_flops_per_sample(dim, len(specs))
+  flops = model_flops_per_sample(dim, len(specs), bottom, top)
   print(
     f"devices: {jax.device_count()} x {jax.devices()[0].platform}; tables: {len(specs)} "
-    f"Kaggle sizes, {sum(s.rows for s in specs):,} rows, dim {dim}; optimizer {FLAGS.optimizer}"
+    f"{FLAGS.model} sizes, {sum(s.rows for s in specs):,} rows, dim {dim}; bottom "
+    f"{'-'.join(map(str, bottom))}, top {'-'.join(map(str, top))}; optimizer "
+    f"{FLAGS.optimizer}; {FLAGS.compute_dtype} matmuls; {k} step(s) per call"
   )
   print(
     f"state: {state_bytes / 2**30:.2f} GiB (tables + optimizer state + dense params); "
@@ -192,12 +254,14 @@ def main(argv):
   rows = []
   for batch_size in map(int, FLAGS.batch_sizes):
     batches = [random_batch(rng, specs, batch_size, mesh) for _ in range(8)]
+    if k > 1:
+      batches = stack_batches(batches, k, mesh)
     _, state = timed_window(step, state, batches, 1)  # compile
     # Step windows alternate with matmul windows so both see the same machine
     # load; the ratio is the median of per-window ratios.
     rates, matmuls = [], []
     for _ in range(FLAGS.windows):
-      seconds, state = timed_window(step, state, batches, FLAGS.steps)
+      seconds, state = timed_window(step, state, batches, FLAGS.steps // k)
       rates.append(FLAGS.steps * batch_size / seconds)
       matmuls.append(matmul_gflops(reps=10))
     ratios = [r * flops / 1e9 / mm for r, mm in zip(rates, matmuls, strict=True)]
@@ -220,7 +284,7 @@ def main(argv):
   )
   if FLAGS.multi_hot_sizes:
     del step, state  # one model's tables in memory at a time
-    multi_hot_report(dim, {r[0]: (r[1], r[3]) for r in rows})
+    multi_hot_report(specs, bottom, top, {r[0]: (r[1], r[3]) for r in rows})
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def dense_model(config: Config) -> DenseModel:
     dcn_low_rank_dim=config.dcn_low_rank_dim if config.interaction == "dcnv2" else 0,
     embedding_mlp=config.embedding_mlp,
     embedding_mlp_shared=config.embedding_mlp_shared,
+    dtype=jnp.dtype(config.compute_dtype),
   )
 
 
@@ -117,9 +118,11 @@ def parameter_counts(c: Components, num_dense: int = 13) -> dict[str, int]:
   return {"dense": dense, "embedding": embedding, "total": dense + embedding}
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Host-local NumPy slices -> global batch-sharded jax.Arrays."""
-  shardings = batch_shardings(mesh)
+def to_global(
+  batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False
+) -> dict[str, jax.Array]:
+  """Host-local NumPy slices -> global batch-sharded jax.Arrays (``stacked``: [K, b, ...])."""
+  shardings = batch_shardings(mesh, stacked)
   return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
 

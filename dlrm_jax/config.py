@@ -17,6 +17,7 @@ from dlrm_jax.specs import POOLINGS
 DATASETS = ("synthetic", "kaggle", "terabyte")
 VOCABULARIES = ("train", "reference")
 MODES = ("train", "eval", "predict", "export")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,7 @@ class Config:
   interaction_itself: bool = False
   multi_hot_sizes: tuple[int, ...] = ()  # ids per feature's bag; () = one id per feature
   pooling: str = "sum"  # how a bag's rows combine: sum or mean
+  compute_dtype: str = "float32"  # MLP and interaction matmuls; params and tables stay f32
   dcn_num_layers: int = 0  # dcn / dcnv2 cross layers; 0 = the reference's (6 dcn, 3 dcnv2)
   dcn_deep_mlp: tuple[int, ...] = (512, 256)  # dcn only: the deep network beside the cross one
   dcn_low_rank_dim: int = 512  # dcnv2 only: rank of U V (MLPerf 512); 0 = full-rank W
@@ -68,6 +70,7 @@ class Config:
   eval_batch_size: int = 8192
   num_epochs: int = 3
   max_steps: int = 0  # 0: num_epochs decides
+  steps_per_call: int = 1  # train steps per dispatch (a lax.scan over stacked batches)
   # Reporting.
   eval_every_steps: int = 0  # 0: evaluate at the end only
   target_auc: float = 0.0  # 0: off; else stop once a validation evaluation reaches it
@@ -199,6 +202,21 @@ class Config:
       f"--split={self.split!r}: must be train, validation or test",
     )
     _check(self.log_every_steps >= 1, f"--log_every_steps={self.log_every_steps}: must be >= 1")
+    _check(
+      self.compute_dtype in COMPUTE_DTYPES,
+      f"--compute_dtype={self.compute_dtype!r}: must be one of {', '.join(COMPUTE_DTYPES)}",
+    )
+    k = self.steps_per_call
+    _check(k >= 1, f"--steps_per_call={k}: must be >= 1")
+    # Logs, evaluations and checkpoints happen between calls, so their cadences
+    # must fall on call boundaries.
+    for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+      value = getattr(self, name)
+      _check(
+        value % k == 0,
+        f"--{name}={value} is not a multiple of --steps_per_call={k}: logs, evaluations "
+        f"and checkpoints happen between calls",
+      )
     _check(self.min_frequency >= 1, f"--min_frequency={self.min_frequency}: must be >= 1")
     _check(
       0.0 <= self.data_sub_sample_rate < 1.0,

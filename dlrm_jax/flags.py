@@ -6,7 +6,7 @@ import dataclasses
 
 from absl import flags
 
-from dlrm_jax.config import DATASETS, MODES, VOCABULARIES, Config, ConfigError
+from dlrm_jax.config import COMPUTE_DTYPES, DATASETS, MODES, VOCABULARIES, Config, ConfigError
 from dlrm_jax.interaction import INTERACTIONS
 from dlrm_jax.mesh import parse_mesh_shape
 from dlrm_jax.planner import PLANS
@@ -111,6 +111,13 @@ flags.DEFINE_list(
 flags.DEFINE_enum(
   "pooling", _D.pooling, POOLINGS, "How a bag's rows combine into one vector (default sum)."
 )
+flags.DEFINE_enum(
+  "compute_dtype",
+  _D.compute_dtype,
+  COMPUTE_DTYPES,
+  "dtype of the MLP and interaction matmuls (bfloat16: the fast path on GPUs); "
+  "parameters, tables, optimizer state, loss and sparse updates stay float32.",
+)
 flags.DEFINE_integer(
   "dcn_num_layers",
   _D.dcn_num_layers,
@@ -187,6 +194,13 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Global evaluation batch.")
 flags.DEFINE_integer("num_epochs", _D.num_epochs, "Passes over the training split.")
 flags.DEFINE_integer("max_steps", _D.max_steps, "Stop after this many steps; 0 = num_epochs.")
+flags.DEFINE_integer(
+  "steps_per_call",
+  _D.steps_per_call,
+  "Train steps per device dispatch (a lax.scan over that many stacked batches; "
+  "same result as 1). --log_every_steps, --eval_every_steps and "
+  "--checkpoint_every_steps must be multiples of it.",
+)
 # Reporting.
 flags.DEFINE_integer(
   "eval_every_steps",

@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 INTERACTIONS = ("dot", "cat", "dcn", "dcnv2")  # dcn, dcnv2: Flax modules in cross.py
 
@@ -60,14 +61,16 @@ def dot_interaction(bottom: jax.Array, emb: jax.Array, itself: bool = False) -> 
   Returns:
     f32[B, D + P] with P = F(F-1)/2 (F(F+1)/2 with ``itself``), F = T + 1.
   """
-  features = jnp.concatenate([bottom[:, None, :], emb], axis=1)
-  gram = jnp.einsum("bid,bjd->bij", features, features)
+  features = jnp.concatenate([bottom[:, None, :], emb.astype(bottom.dtype)], axis=1)
+  # f32: HIGHEST, so GPUs do not round the inputs to TF32 (the reference does not).
+  precision = lax.Precision.HIGHEST if features.dtype == jnp.float32 else None
+  gram = jnp.einsum("bid,bjd->bij", features, features, precision=precision)
   return jnp.concatenate([bottom, _lower_triangle(gram, features.shape[1], itself)], axis=1)
 
 
 def cat_interaction(bottom: jax.Array, emb: jax.Array) -> jax.Array:
   """Concatenation: f32[B, D] and f32[B, T, D] -> f32[B, D + T*D]."""
-  return jnp.concatenate([bottom, emb.reshape(emb.shape[0], -1)], axis=1)
+  return jnp.concatenate([bottom, emb.astype(bottom.dtype).reshape(emb.shape[0], -1)], axis=1)
 
 
 def interaction_width(kind: str, num_tables: int, dim: int, itself: bool = False) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from dlrm_jax.cross import LowRankCrossNet, VectorCrossNet, stack_features
 from dlrm_jax.interaction import interact
@@ -23,18 +25,32 @@ def _reference_bias_init(key, shape, dtype=jnp.float32):
   return jax.random.normal(key, shape, dtype) * jnp.sqrt(1.0 / shape[0]).astype(dtype)
 
 
+def matmul_precision(dtype) -> lax.Precision:
+  """HIGHEST for f32 (no TF32 on GPUs, as the reference); bf16 inputs need no more than DEFAULT."""
+  return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else lax.Precision.DEFAULT
+
+
 class MLP(nn.Module):
-  """Dense layers with ReLU; the last layer's activation is optional."""
+  """Dense layers with ReLU; the last layer's activation is optional.
+
+  ``dtype`` is the matmuls' dtype; parameters stay f32 (``param_dtype``).
+  """
 
   widths: Sequence[int]
   relu_last: bool = True
   bias_init: Callable = _reference_bias_init
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, width in enumerate(self.widths):
       x = nn.Dense(
-        width, kernel_init=_reference_kernel_init, bias_init=self.bias_init, name=f"dense_{i}"
+        width,
+        kernel_init=_reference_kernel_init,
+        bias_init=self.bias_init,
+        dtype=self.dtype,
+        precision=matmul_precision(self.dtype),
+        name=f"dense_{i}",
       )(x)
       if i < len(self.widths) - 1 or self.relu_last:
         x = nn.relu(x)
@@ -92,6 +108,8 @@ class DenseModel(nn.Module):
     dcn_low_rank_dim: dcnv2's rank r of U V; 0 = full-rank W.
     embedding_mlp: widths of the MLP over each embedding vector; () = none.
     embedding_mlp_shared: one embedding MLP for all features, else one each.
+    dtype: the MLP and interaction matmuls' dtype (--compute_dtype); params,
+      embeddings and the returned logits stay f32.
   """
 
   bottom_mlp: Sequence[int]
@@ -103,22 +121,25 @@ class DenseModel(nn.Module):
   dcn_low_rank_dim: int = 0
   embedding_mlp: Sequence[int] = ()
   embedding_mlp_shared: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, dense: jax.Array, emb: jax.Array) -> jax.Array:
     """dense: f32[B, 13], emb: f32[B, T, D] -> logits f32[B]."""
-    bottom = MLP(self.bottom_mlp, relu_last=True, name="bottom_mlp")(dense)
+    bottom = MLP(self.bottom_mlp, relu_last=True, dtype=self.dtype, name="bottom_mlp")(dense)
     if self.embedding_mlp:
       emb = EmbeddingMLP(self.embedding_mlp, self.embedding_mlp_shared, name="embedding_mlp")(emb)
+    emb = emb.astype(self.dtype)
     with jax.named_scope("interaction"):
       if self.interaction == "dcn":
         x0 = stack_features(bottom, emb)
         cross = VectorCrossNet(self.dcn_num_layers, name="cross")(x0)
-        deep = MLP(self.dcn_deep_mlp, relu_last=True, name="deep_mlp")(x0)
+        deep = MLP(self.dcn_deep_mlp, relu_last=True, dtype=self.dtype, name="deep_mlp")(x0)
         z = jnp.concatenate([cross, deep], axis=1)
       elif self.interaction == "dcnv2":
         x0 = stack_features(bottom, emb)
         z = LowRankCrossNet(self.dcn_num_layers, self.dcn_low_rank_dim, name="cross")(x0)
       else:
         z = interact(self.interaction, bottom, emb, self.interaction_itself)
-    return MLP(self.top_mlp, relu_last=False, name="top_mlp")(z)[:, 0]
+    logits = MLP(self.top_mlp, relu_last=False, dtype=self.dtype, name="top_mlp")(z)[:, 0]
+    return logits.astype(jnp.float32)

@@ -18,15 +18,17 @@ from dlrm_jax.components import (
   initial_state,
   load_components,
   parameter_counts,
-  to_global,
 )
 from dlrm_jax.config import Config
-from dlrm_jax.data.loader import BatchLoader, check_batch_ids
+from dlrm_jax.data import prefetch
+from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.data.store import open_split
 from dlrm_jax.evaluation import evaluate
 from dlrm_jax.faults import Preempted, TrainingDiverged
 from dlrm_jax.planner import plan_table
 from dlrm_jax.preemption import PreemptionGuard
+from dlrm_jax.timings import Timings
+from dlrm_jax.train_calls import compiled_on_first_call, device_calls, flat_metrics
 from dlrm_jax.train_step import make_eval_step, make_train_step
 
 
@@ -38,7 +40,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   """
   is_chief = jax.process_index() == 0
   show = config.progress and is_chief
-  c, processed, meta = load_components(config, progress=show)
+  timings = Timings()
+  with timings.phase("data_preparation"):
+    c, processed, meta = load_components(config, progress=show)
   mesh = c.mesh
   if is_chief:
     reporting.write_config(config.workdir, config)
@@ -59,7 +63,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
 
   store = checkpointing.CheckpointStore(config.workdir, keep=config.keep_checkpoints)
   try:
-    return _train(c, processed, best, train_loader, total_steps, store, identity_of(c, meta))
+    return _train(
+      c, processed, best, train_loader, total_steps, store, identity_of(c, meta), timings
+    )
   finally:
     store.wait()  # an asynchronous save must be complete before the process exits
     store.close()
@@ -73,13 +79,17 @@ def _train(
   total_steps: int,
   store: checkpointing.CheckpointStore,
   ident: dict[str, Any],
+  timings: Timings,
 ) -> dict[str, Any]:
   config, mesh = c.config, c.mesh
   is_chief = jax.process_index() == 0
   abstract = abstract_train_state(c)
   reached_before = False
   # Load or initialise, never both.
-  restored = store.restore_latest_good(c.layout, abstract, mesh, ident, resume=True)
+  with timings.phase("table_initialisation"):
+    restored = store.restore_latest_good(c.layout, abstract, mesh, ident, resume=True)
+    if restored is None:
+      state = jax.block_until_ready(initial_state(c))
   if restored is not None:
     state, start = restored.state, restored.step
     pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
@@ -94,7 +104,6 @@ def _train(
       )
       total_steps, reached_before = start, True
   else:
-    state = initial_state(c)
     start, pending_losses = 0, []
     pending_correct, pending_count = [], []
   last_good = start if restored is not None else None
@@ -109,8 +118,16 @@ def _train(
   )
   if restored is None:  # a resumed file keeps its step-0 line
     log.write({"step": 0, "parameters": counts})
-  train_step = make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract)
-  eval_step = make_eval_step(c.model, c.layout, mesh, abstract)
+  k = config.steps_per_call
+  train_step = compiled_on_first_call(
+    make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract), timings
+  )
+  multi_step = train_step
+  if k > 1:
+    multi_step = compiled_on_first_call(
+      make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract, k), timings
+    )
+  eval_step = compiled_on_first_call(make_eval_step(c.model, c.layout, mesh, abstract), timings)
   snapshot = checkpointing.make_snapshot(c.layout, abstract, mesh, config.seed)
   layout_meta = checkpointing.layout_meta(c.layout, abstract)
 
@@ -128,9 +145,13 @@ def _train(
     )
 
   def save(step: int, validation: dict[str, float] | None = None, *, reached: bool = False) -> None:
+    with timings.phase("checkpoint_waits"):
+      _save(step, validation, reached)
+
+  def _save(step: int, validation: dict[str, float] | None, reached: bool) -> None:
     nonlocal last_good
     tree, finite = snapshot(state)
-    losses = [float(x) for x in jax.device_get(pending_losses)]
+    losses = [float(x) for x in flat_metrics(pending_losses)]
     if not bool(finite) or not np.all(np.isfinite(losses)):
       raise diverged(step, "non-finite values in the training state")
     store.save(
@@ -144,8 +165,8 @@ def _train(
         "config": json.loads(config.to_json()),
         "pending_losses": losses,
         "pending_accuracy": [
-          float(np.sum(jax.device_get(pending_correct))),
-          float(np.sum(jax.device_get(pending_count))),
+          float(np.sum(flat_metrics(pending_correct))),
+          float(np.sum(flat_metrics(pending_count))),
         ],
         "data_position": {"seed": config.seed, "batch_size": config.batch_size, "next_step": step},
         "validation": validation,
@@ -159,7 +180,8 @@ def _train(
     last_good = step
 
   def run_eval(split: str, step: int) -> dict[str, float]:
-    result = evaluate(c, state, eval_step, processed, split)
+    with timings.phase("evaluation"):
+      result = evaluate(c, state, eval_step, processed, split)
     record = {"step": step, "split": split, **result}
     if best is not None:
       record["best_possible_auc"] = best.get(split)
@@ -176,18 +198,28 @@ def _train(
   )
   every = config.checkpoint_every_steps
   target_reached = False
-  with PreemptionGuard() as guard:
-    for step, batch in enumerate(train_loader.iterate(start, max(0, total_steps - start)), start):
-      check_batch_ids(batch["sparse"], c.table_sizes, c.config.bag_sizes(len(c.table_sizes)))
-      state, step_metrics = train_step(state, to_global(batch, mesh))
-      pending_losses.append(step_metrics["loss"])
-      pending_correct.append(step_metrics["correct"])
-      pending_count.append(step_metrics["count"])
-      throughput.add(config.batch_size)
-      bar.update(config.batch_size)
-      done = step + 1
+  calls = device_calls(c, train_loader, start, total_steps)
+  with PreemptionGuard() as guard, timings.phase("training"):
+    # One iteration per device call: K steps (--steps_per_call) on stacked
+    # batches, or single steps up to the next multiple of K (resume, the end).
+    for call_start, n, batches in prefetch.background(calls, depth=1):
+      if n == k > 1:
+        state, step_metrics = multi_step(state, batches)
+        call_metrics = [step_metrics]  # each f32[K]
+      else:
+        call_metrics = []
+        for batch in batches:
+          state, step_metrics = train_step(state, batch)
+          call_metrics.append(step_metrics)
+      for m in call_metrics:
+        pending_losses.append(m["loss"])
+        pending_correct.append(m["correct"])
+        pending_count.append(m["count"])
+      throughput.add(config.batch_size * n)
+      bar.update(config.batch_size * n)
+      done = call_start + n
       if done % config.log_every_steps == 0 or done == total_steps:
-        losses = np.asarray(jax.device_get(pending_losses))  # the only per-N-steps sync
+        losses = flat_metrics(pending_losses)  # the only per-N-steps sync
         if not np.all(np.isfinite(losses)):
           first = done - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
           raise diverged(first, f"non-finite training loss {losses[first - done - 1]}")
@@ -195,7 +227,7 @@ def _train(
         pending_losses.clear()
         # Summed on the host in float64: the mean since the last line, not a mean of means.
         correct, count = (
-          np.sum(jax.device_get(x), dtype=np.float64) for x in (pending_correct, pending_count)
+          np.sum(flat_metrics(x), dtype=np.float64) for x in (pending_correct, pending_count)
         )
         pending_correct.clear()
         pending_count.clear()
@@ -204,7 +236,7 @@ def _train(
             "step": done,
             "loss": loss,
             "accuracy": float(correct / count) if count else None,
-            "lr": float(step_metrics["lr"]),
+            "lr": float(np.ravel(step_metrics["lr"])[-1]),
             "samples_per_sec": throughput.mark(),
           }
         )
@@ -247,9 +279,14 @@ def _train(
     validation = run_eval("validation", total_steps)
     if start < total_steps:
       save(total_steps, validation)
+  test = run_eval("test", total_steps)
+  with timings.phase("checkpoint_waits"):
+    store.wait()
+  log.write({"step": total_steps, **timings.record()})
+  reporting.announce(timings.text())
   results = {
     "validation": validation,
-    "test": run_eval("test", total_steps),
+    "test": test,
     "steps": total_steps,
     "checkpoint": store.step_path(total_steps),
     "target_reached": target_reached or reached_before,

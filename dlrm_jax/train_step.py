@@ -21,8 +21,13 @@ from dlrm_jax.train_state import TrainState, state_shardings, state_specs
 BATCH_KEYS = ("dense", "sparse", "label", "mask")
 
 
-def batch_shardings(mesh: Mesh) -> dict[str, NamedSharding]:
-  return {k: NamedSharding(mesh, batch_spec()) for k in BATCH_KEYS}
+def batch_shardings(mesh: Mesh, stacked: bool = False) -> dict[str, NamedSharding]:
+  """Shardings of a batch, or (``stacked``) of [K, B, ...] batches for one multi-step call."""
+  return {k: NamedSharding(mesh, _batch_spec(stacked)) for k in BATCH_KEYS}
+
+
+def _batch_spec(stacked: bool) -> P:
+  return P(None, *batch_spec()) if stacked else batch_spec()
 
 
 def make_train_step(
@@ -32,6 +37,7 @@ def make_train_step(
   dense_tx: optax.GradientTransformation,
   mesh: Mesh,
   abstract_state: TrainState,
+  steps_per_call: int = 1,
 ) -> Callable:
   """Returns jitted ``step(state, batch) -> (state, metrics)``; state is donated.
 
@@ -43,6 +49,11 @@ def make_train_step(
   rate of this update, from state.step), ``correct`` and ``count`` (unmasked
   examples predicted right at probability 0.5, and unmasked examples: sums, so
   that the host can average over many steps exactly).
+
+  ``steps_per_call`` K > 1: ``step(state, batches)`` takes K stacked batches
+  (leaves [K, B, ...], ``batch_shardings(mesh, stacked=True)``) and runs the
+  same step K times in a ``lax.scan`` within one dispatch; each metric is then
+  f32[K], one per step.
   """
 
   def per_device(state: TrainState, batch: dict[str, jax.Array]):
@@ -94,19 +105,26 @@ def make_train_step(
     }
     return new_state, metrics
 
+  body = per_device
+  if steps_per_call > 1:
+
+    def body(state: TrainState, batches: dict[str, jax.Array]):
+      return lax.scan(per_device, state, batches, length=steps_per_call)
+
+  stacked = steps_per_call > 1
   specs = state_specs(abstract_state)
-  batch_specs = {k: batch_spec() for k in BATCH_KEYS}
+  batch_specs = {k: _batch_spec(stacked) for k in BATCH_KEYS}
   # check_vma=False: the exchange is written with explicit collectives and the
   # dense all-reduce is the explicit psum above (with vma checking on, JAX would
   # insert that psum implicitly, and would reject the data-replicated table
   # updates it cannot prove replicated). Equality with one device is tested.
   sharded = jax.shard_map(
-    per_device, mesh=mesh, in_specs=(specs, batch_specs), out_specs=(specs, P()), check_vma=False
+    body, mesh=mesh, in_specs=(specs, batch_specs), out_specs=(specs, P()), check_vma=False
   )
   shardings = state_shardings(mesh, abstract_state)
   return jax.jit(
     sharded,
-    in_shardings=(shardings, batch_shardings(mesh)),
+    in_shardings=(shardings, batch_shardings(mesh, stacked)),
     out_shardings=(shardings, NamedSharding(mesh, P())),
     donate_argnums=(0,),
   )

@@ -23,6 +23,11 @@ from dlrm_jax.config import Config, ConfigError
     (dict(multi_hot_sizes=(3, 0)), "--multi_hot_sizes"),
     (dict(pooling="max"), "--pooling"),
     (dict(multi_hot_sizes=(3,), mode="export"), "--multi_hot_sizes"),
+    (dict(compute_dtype="float16"), "--compute_dtype"),
+    (dict(steps_per_call=0), "--steps_per_call"),
+    (dict(steps_per_call=4, log_every_steps=10), "--log_every_steps=10 is not a multiple"),
+    (dict(steps_per_call=4, log_every_steps=8, eval_every_steps=6), "--eval_every_steps"),
+    (dict(steps_per_call=3, log_every_steps=3), "--checkpoint_every_steps=1000"),
   ],
 )
 def test_rejected_with_flag_name(changes, flag):

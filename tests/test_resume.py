@@ -14,6 +14,8 @@ import pytest
 from main_runner import run_main, start_main
 from tensorboard_testlib import assert_events_match_metrics
 
+from dlrm_jax.timings import PHASES
+
 # Checkpoint every 10 steps, validate at 20 and 40 (tiny.flags), one device.
 ARGS = ("--checkpoint_every_steps=10", "--keep_checkpoints=2")
 
@@ -86,7 +88,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, data, reference):
     read_state(work / "checkpoints" / "40"), read_state(reference / "checkpoints" / "40")
   )
   # metrics.jsonl continues without duplicates, with the uninterrupted run's numbers.
-  strip = lambda rs: [{k: v for k, v in r.items() if k != "samples_per_sec"} for r in rs]
+  wall = ("samples_per_sec", "timings")  # wall-clock figures differ between runs
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in wall} for r in rs]
   assert strip(metrics(work)) == strip(metrics(reference))
   # TensorBoard, read by its own reader, shows exactly those records: the events logged
   # after checkpoint 10 and lost with the kill are hidden by the resumed run's restart mark.
@@ -173,9 +176,11 @@ def test_target_auc_stops_at_the_first_validation_reaching_it_and_a_rerun_only_e
   work = tmp_path / "work"
   proc = run_main(work, data, *flags, f"--target_auc={target}", timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  first = metrics(work)
+  # Each run ends with its own wall-clock {"timings": ...} record.
+  untimed = lambda w: [r for r in metrics(w) if "timings" not in r]
+  first = untimed(work)
   strip = lambda rs: [{k: v for k, v in r.items() if k != "samples_per_sec"} for r in rs]
-  upto20 = [r for r in metrics(free) if r["step"] <= 20]
+  upto20 = [r for r in untimed(free) if r["step"] <= 20]
   assert strip([r for r in first if r.get("split") != "test"]) == strip(upto20)
   assert [(r["step"], r["split"]) for r in first if "split" in r][-1] == (20, "test")
   assert steps(work) == [10, 20]
@@ -189,5 +194,25 @@ def test_target_auc_stops_at_the_first_validation_reaching_it_and_a_rerun_only_e
   assert again.returncode == 0, again.stderr[-3000:]
   assert "was reached at step 20" in again.stderr + again.stdout
   assert final(again.stdout) == test_line
-  assert metrics(work) == first  # no new training line, no new evaluation
+  assert untimed(work) == first  # no new training line, no new evaluation
   assert steps(work) == [10, 20]
+
+
+def test_steps_per_call_runs_and_resumes_equal_one_step_per_call(tmp_path, data, reference):
+  """--steps_per_call=5 from scratch, and resumed from the K=1 run's step 30: same step 40."""
+  work = tmp_path / "k5"
+  proc = run(work, data, "--steps_per_call=5")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  expected = read_state(reference / "checkpoints" / "40")
+  assert_bitwise_equal(read_state(work / "checkpoints" / "40"), expected)
+  assert [r["step"] for r in metrics(work) if "loss" in r] == [10, 20, 30, 40]
+  timings = [r["timings"] for r in metrics(work) if "timings" in r]
+  assert len(timings) == 1 and set(PHASES) < set(timings[0]), timings
+  assert "timings (s): data preparation" in proc.stdout + proc.stderr
+  resumed = tmp_path / "resumed"
+  shutil.copytree(reference, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "40")
+  proc = run(resumed, data, "--steps_per_call=5")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming from" in proc.stdout + proc.stderr
+  assert_bitwise_equal(read_state(resumed / "checkpoints" / "40"), expected)

@@ -1,0 +1,41 @@
+"""--compute_dtype=bfloat16: matmuls in bf16, everything stored in f32, AUC close to the f32 run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from main_runner import run_main
+from test_resume import read_state
+
+from dlrm_jax.model import DenseModel
+
+
+def test_bf16_matmuls_with_f32_params_and_logits():
+  model = DenseModel((16, 8), (16, 1), "dot", dtype=jnp.bfloat16)
+  dense, emb = jnp.ones((4, 13)), jnp.ones((4, 3, 8))
+  params = model.init(jax.random.key(0), dense, emb)["params"]
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  hlo = jax.jit(lambda p: model.apply({"params": p}, dense, emb)).lower(params).as_text()
+  dots = [line for line in hlo.splitlines() if "dot_general" in line]
+  assert dots and all("bf16" in line for line in dots), dots
+  assert model.apply({"params": params}, dense, emb).dtype == jnp.float32
+
+
+def _test_auc(work) -> float:
+  records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+  return next(r["auc"] for r in records if r.get("split") == "test")
+
+
+def test_bf16_run_matches_f32_auc_and_saves_f32(tmp_path):
+  data = tmp_path / "data"
+  aucs = {}
+  for dtype in ("float32", "bfloat16"):
+    work = tmp_path / dtype
+    proc = run_main(work, data, f"--compute_dtype={dtype}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    aucs[dtype] = _test_auc(work)
+  assert abs(aucs["bfloat16"] - aucs["float32"]) <= 0.002, aucs
+  saved = read_state(tmp_path / "bfloat16" / "checkpoints" / "40")
+  floats = {k: v.dtype for k, v in saved.items() if np.issubdtype(v.dtype, np.floating)}
+  assert floats and set(floats.values()) == {np.dtype(np.float32)}, floats
