@@ -9,21 +9,11 @@ from pathlib import Path
 import criteo_reference as ref
 import numpy as np
 import pytest
+from data_testlib import assert_matches
 
 from dlrm_jax.data import bad_rows, preprocess
-from dlrm_jax.data.store import open_split, read_metadata
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "criteo_samples"
-
-
-def assert_matches(out: str, expected) -> None:
-  arrays, sizes = expected
-  assert read_metadata(out)["table_sizes"] == sizes
-  for split, (dense, sparse, label) in arrays.items():
-    got = open_split(out, split)
-    np.testing.assert_array_equal(got.label, label)
-    np.testing.assert_array_equal(got.sparse, sparse)
-    np.testing.assert_allclose(got.dense, dense, rtol=2e-7, atol=0)
 
 
 @pytest.fixture(scope="module")
