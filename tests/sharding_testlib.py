@@ -106,6 +106,15 @@ class Sharded:
   def put(self, batch):
     return jax.device_put(batch, batch_shardings(self.mesh))
 
+  def forward_then_train(self, batches) -> tuple[np.ndarray, np.ndarray]:
+    """(logits of batches[0] before training, the loss of each train step over ``batches``)."""
+    forward = np.asarray(self.eval_step(self.state, self.put(batches[0])))
+    losses = []
+    for batch in batches:
+      self.state, metrics = self.train_step(self.state, self.put(batch))
+      losses.append(float(metrics["loss"]))
+    return forward, np.asarray(losses)
+
   def tables(self) -> list[np.ndarray]:
     return [
       logical_table(self.layout, self.state.tables, t) for t in range(len(self.layout.placements))

@@ -44,15 +44,11 @@ def batches():
 def run(mesh_shape, name):
   s = Sharded(mesh_shape, PLAN, "sgd", dense_model=MODELS[name])
   init = {"params": jax.device_get(s.state.params), "tables": s.tables()}
-  forward = np.asarray(s.eval_step(s.state, s.put(batches()[0])))
-  losses = []
-  for batch in batches():
-    s.state, metrics = s.train_step(s.state, s.put(batch))
-    losses.append(metrics["loss"])
+  forward, losses = s.forward_then_train(batches())
   return {
     "init": init,
     "forward": forward,
-    "losses": np.asarray(losses),
+    "losses": losses,
     "params": jax.device_get(s.state.params),
     "tables": s.tables(),
   }

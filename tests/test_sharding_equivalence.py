@@ -46,16 +46,12 @@ def run(mesh_shape, plan, optimizer):
     },
     "specs": {name: buf.sharding.spec for name, buf in s.state.tables.items()},
   }
-  forward = np.asarray(s.eval_step(s.state, s.put(batches()[0])))
-  losses = []
-  for batch in batches():
-    s.state, metrics = s.train_step(s.state, s.put(batch))
-    losses.append(metrics["loss"])
+  forward, losses = s.forward_then_train(batches())
   return {
     "sharded": s,
     "init": init,
     "forward": forward,
-    "losses": np.asarray(losses),
+    "losses": losses,
     "params": jax.device_get(s.state.params),
     "tables": s.tables(),
     "compiles": s.train_step._cache_size(),

@@ -125,17 +125,13 @@ def _accumulators(s: Sharded) -> list[np.ndarray] | None:
 def run(mesh_shape, plan, optimizer, pooling):
   s = Sharded(mesh_shape, plan, optimizer, bag_sizes=BAGS, pooling=pooling, overrides=COLUMN)
   init = {"params": jax.device_get(s.state.params), "tables": s.tables()}
-  forward = np.asarray(s.eval_step(s.state, s.put(batches()[0])))
-  losses = []
-  for batch in batches():
-    s.state, metrics = s.train_step(s.state, s.put(batch))
-    losses.append(float(metrics["loss"]))
+  forward, losses = s.forward_then_train(batches())
   return {
     "model": s.model,
     "plans": {p.plan for p in s.layout.placements},
     "init": init,
     "forward": forward,
-    "losses": np.asarray(losses),
+    "losses": losses,
     "params": jax.device_get(s.state.params),
     "tables": s.tables(),
     "accumulators": _accumulators(s),
