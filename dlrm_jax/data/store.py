@@ -101,14 +101,19 @@ def read_metadata(processed_dir: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def cached_metadata(out_dir: str, expected: dict[str, Any]) -> dict[str, Any] | None:
-  """The metadata of a finished directory whose options equal `expected`, else None."""
-  path = os.path.join(out_dir, METADATA_FILE)
+def read_json_matching(path: str, expected: dict[str, Any]) -> dict[str, Any] | None:
+  """The JSON object at `path` if it exists and its keys equal `expected`, else None."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    meta = json.load(f)
-  if any(meta.get(k) != v for k, v in expected.items()):
+    record = json.load(f)
+  return record if all(record.get(k) == v for k, v in expected.items()) else None
+
+
+def cached_metadata(out_dir: str, expected: dict[str, Any]) -> dict[str, Any] | None:
+  """The metadata of a finished directory whose options equal `expected`, else None."""
+  meta = read_json_matching(os.path.join(out_dir, METADATA_FILE), expected)
+  if meta is None:
     return None
   for split in splits_lib.SPLITS:
     for field in FIELDS:

@@ -12,7 +12,6 @@ exists if the space matters (a rerun with new options then parses again).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -32,15 +31,6 @@ COUNTS_FILE = "counts.npz"
 
 def day_dir(out_dir: str, day: int) -> str:
   return os.path.join(out_dir, DAYS_DIR, f"day_{day:02d}")
-
-
-def _cached_day(path: str, key: dict[str, Any]) -> dict[str, Any] | None:
-  info_path = os.path.join(path, DAY_FILE)
-  if not os.path.exists(info_path):
-    return None
-  with open(info_path) as f:
-    info = json.load(f)
-  return info if all(info.get(k) == v for k, v in key.items()) else None
 
 
 def _process_day(
@@ -126,7 +116,7 @@ def preprocess_days(
       "source": store.source_fingerprint([raw]),
     }
     path = day_dir(out_dir, d)
-    info = None if overwrite else _cached_day(path, key)
+    info = None if overwrite else store.read_json_matching(os.path.join(path, DAY_FILE), key)
     if info is None:
       info = _process_day(raw, path, key, report.strict, chunk_rows, progress)
     report.merge(info["bad_rows"])
