@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from dlrm_jax import checkpointing, schedules
 from dlrm_jax import mesh as mesh_lib
 from dlrm_jax.config import Config
+from dlrm_jax.data.loader import check_batch_ids
 from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
 from dlrm_jax.model import DenseModel
 from dlrm_jax.planner import EmbeddingLayout, plan_layout
@@ -40,6 +41,10 @@ class Components:
   sparse_opt: SparseOptimizer
   dense_tx: Any
   table_sizes: tuple[int, ...]
+
+  def check_ids(self, sparse: np.ndarray) -> None:
+    """Raises naming the feature if an id of a host batch is outside its table (JAX would clamp)."""
+    check_batch_ids(sparse, self.table_sizes, self.config.bag_sizes(len(self.table_sizes)))
 
 
 def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Components:

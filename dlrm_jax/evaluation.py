@@ -10,7 +10,7 @@ from jax.experimental import multihost_utils
 
 from dlrm_jax import metrics as metrics_lib
 from dlrm_jax.components import Components, to_global
-from dlrm_jax.data.loader import BatchLoader, check_batch_ids
+from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.data.store import SplitArrays, open_split
 from dlrm_jax.train_state import TrainState
 
@@ -41,7 +41,7 @@ def predict_logits(
   )
   logits, labels, masks = [], [], []
   for batch in loader.iterate():
-    check_batch_ids(batch["sparse"], c.table_sizes, c.config.bag_sizes(len(c.table_sizes)))
+    c.check_ids(batch["sparse"])
     logits.append(_local_rows(eval_step(state, to_global(batch, c.mesh))))
     labels.append(batch["label"])
     masks.append(batch["mask"])

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from dlrm_jax.components import Components, to_global
-from dlrm_jax.data.loader import BatchLoader, check_batch_ids
+from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.timings import Timings
 
 
@@ -48,7 +48,7 @@ def device_calls(
     n = min(k - step % k, total_steps - step)
     host = [next(batches) for _ in range(n)]
     for batch in host:
-      check_batch_ids(batch["sparse"], c.table_sizes, c.config.bag_sizes(len(c.table_sizes)))
+      c.check_ids(batch["sparse"])
     if n == k > 1:
       stacked = {key: np.stack([b[key] for b in host]) for key in host[0]}
       yield step, n, to_global(stacked, c.mesh, stacked=True)
