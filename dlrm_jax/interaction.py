@@ -13,42 +13,53 @@ INTERACTIONS = ("dot", "cat", "dcn", "dcnv2")  # dcn, dcnv2: Flax modules in cro
 
 
 @functools.cache
-def _triangle_indices(num_features: int, itself: bool) -> tuple[np.ndarray, np.ndarray]:
-  """Flat positions of the kept pairs, and each position's pair (P = none).
+def _pair_indices(num_features: int, itself: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Where the kept pairs are in the flat F*F Gram matrix, and back.
 
   Pairs (i, j) with j < i (j <= i with ``itself``), row by row as the
-  reference's li/lj. Returns (pairs i32[P] into F*F, inverse i32[F*F] into P+1).
+  reference's li/lj. Returns (pairs i32[P] into F*F; symmetric i32[F*F] into
+  P+1, the pair of position (i, j) or of (j, i), P (a zero) where neither is
+  kept; diagonal f32[F*F], 2 on the diagonal and 1 elsewhere).
   """
   offset = 1 if itself else 0
-  pairs = np.array(
-    [i * num_features + j for i in range(num_features) for j in range(i + offset)], np.int32
-  )
-  inverse = np.full(num_features * num_features, len(pairs), np.int32)
-  inverse[pairs] = np.arange(len(pairs), dtype=np.int32)
-  return pairs, inverse
+  kept = [(i, j) for i in range(num_features) for j in range(i + offset)]
+  pairs = np.array([i * num_features + j for i, j in kept], np.int32)
+  symmetric = np.full((num_features, num_features), len(kept), np.int32)
+  for p, (i, j) in enumerate(kept):
+    symmetric[i, j] = symmetric[j, i] = p
+  diagonal = 1.0 + np.eye(num_features, dtype=np.float32)
+  return pairs, symmetric.reshape(-1), diagonal.reshape(-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _lower_triangle(gram: jax.Array, num_features: int, itself: bool) -> jax.Array:
-  """f32[B, F, F] -> f32[B, P]: the kept pairs of the Gram matrix."""
-  pairs, _ = _triangle_indices(num_features, itself)
+def _gram_pairs(features: jax.Array, itself: bool, precision) -> jax.Array:
+  """f32[B, F, D] -> f32[B, P]: the kept pairs' dot products."""
+  pairs, _, _ = _pair_indices(features.shape[1], itself)
+  gram = jnp.einsum("bid,bjd->bij", features, features, precision=precision)
   return gram.reshape(gram.shape[0], -1)[:, pairs]
 
 
-def _lower_triangle_fwd(gram, num_features, itself):
-  return _lower_triangle(gram, num_features, itself), None
+def _gram_pairs_fwd(features, itself, precision):
+  return _gram_pairs(features, itself, precision), features
 
 
-def _lower_triangle_bwd(num_features, itself, _, dz):
-  # Autodiff would transpose the gather into a scatter-add into zeros, which
-  # XLA:CPU runs as a serial loop after a broadcast; the positions are
-  # distinct, so a gather from [dz, 0] gives the same cotangent.
-  _, inverse = _triangle_indices(num_features, itself)
+def _gram_pairs_bwd(itself, precision, features, dz):
+  # d(x_i . x_j) reaches x_i as dz_ij x_j and x_j as dz_ij x_i, so the
+  # cotangent is S @ X with S the symmetric matrix of the pairs' dz (twice dz
+  # on a kept diagonal). One batched matmul, where autodiff of the einsum runs
+  # two and adds them, and a gather from [dz, 0], where autodiff of the
+  # triangle would scatter-add into zeros (a serial loop on XLA:CPU).
+  b, f, _ = features.shape
+  _, symmetric, diagonal = _pair_indices(f, itself)
   padded = jnp.concatenate([dz, jnp.zeros_like(dz[:, :1])], axis=1)
-  return (padded[:, inverse].reshape(dz.shape[0], num_features, num_features),)
+  s = padded[:, symmetric]
+  if itself:
+    s = s * diagonal.astype(s.dtype)
+  s = s.reshape(b, f, f)
+  return (jnp.einsum("bij,bjd->bid", s, features, precision=precision),)
 
 
-_lower_triangle.defvjp(_lower_triangle_fwd, _lower_triangle_bwd)
+_gram_pairs.defvjp(_gram_pairs_fwd, _gram_pairs_bwd)
 
 
 def dot_interaction(bottom: jax.Array, emb: jax.Array, itself: bool = False) -> jax.Array:
@@ -64,8 +75,7 @@ def dot_interaction(bottom: jax.Array, emb: jax.Array, itself: bool = False) -> 
   features = jnp.concatenate([bottom[:, None, :], emb.astype(bottom.dtype)], axis=1)
   # f32: HIGHEST, so GPUs do not round the inputs to TF32 (the reference does not).
   precision = lax.Precision.HIGHEST if features.dtype == jnp.float32 else None
-  gram = jnp.einsum("bid,bjd->bij", features, features, precision=precision)
-  return jnp.concatenate([bottom, _lower_triangle(gram, features.shape[1], itself)], axis=1)
+  return jnp.concatenate([bottom, _gram_pairs(features, itself, precision)], axis=1)
 
 
 def cat_interaction(bottom: jax.Array, emb: jax.Array) -> jax.Array:

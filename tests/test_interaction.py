@@ -51,6 +51,28 @@ def test_dot_gradient_matches_autodiff_of_plain_gather(itself):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("itself", [False, True])
+def test_dot_gradient_matches_numpy_chain_rule(itself):
+  # Written from the reference's formula z_p = t_i . t_j for each kept pair
+  # p = (i, j): the loss's gradient reaches t_i as w_p t_j and t_j as w_p t_i
+  # (a kept diagonal pair therefore twice), and x also directly.
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(4, 3)).astype(np.float32)
+  ly = rng.normal(size=(4, 6, 3)).astype(np.float32)
+  w = rng.normal(size=(4, interaction_width("dot", 6, 3, itself))).astype(np.float32)
+  t = np.concatenate([x[:, None, :], ly], axis=1)
+  dt = np.zeros_like(t)
+  kept = [(i, j) for i in range(t.shape[1]) for j in range(i + (1 if itself else 0))]
+  for p, (i, j) in enumerate(kept):
+    wp = w[:, x.shape[1] + p, None]
+    dt[:, i] += wp * t[:, j]
+    dt[:, j] += wp * t[:, i]
+  want_x, want_ly = dt[:, 0] + w[:, : x.shape[1]], dt[:, 1:]
+  got_x, got_ly = jax.grad(lambda a, b: jnp.sum(dot_interaction(a, b, itself) * w), (0, 1))(x, ly)
+  np.testing.assert_allclose(np.asarray(got_x), want_x, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got_ly), want_ly, rtol=1e-5, atol=1e-5)
+
+
 def test_dot_width_for_criteo():
   # 26 tables + bottom output = 27 vectors -> 351 pairs + 16.
   assert interaction_width("dot", 26, 16) == 16 + 351
