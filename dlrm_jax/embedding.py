@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dlrm_jax import bags
+from dlrm_jax import bags, collectives
 from dlrm_jax.mesh import DATA_AXIS, MODEL_AXIS
 from dlrm_jax.planner import PLANS as PLAN_NAMES
 from dlrm_jax.planner import EmbeddingLayout
@@ -115,7 +115,7 @@ def lookup(layout: EmbeddingLayout, buffers: dict[str, jax.Array], ids: jax.Arra
   b = ids.shape[0]
   pieces, order = [], []
   needs_model_group = any(p.plan != "replicated" for p in layout.placements)
-  ids_m = lax.all_gather(ids, MODEL_AXIS, axis=0, tiled=True) if needs_model_group else None
+  ids_m = collectives.all_gather(ids, MODEL_AXIS) if needs_model_group else None
 
   table_wise = layout.features("table")
   if table_wise:
@@ -123,7 +123,7 @@ def lookup(layout: EmbeddingLayout, buffers: dict[str, jax.Array], ids: jax.Arra
       rows, valid = _owned_table_wise(layout, ids_m)
       local = _masked_take(buffers["sharded"], rows, valid)  # [b*M, P, D]
       local = bags.pool(local, bags.table_wise_positions(layout).widths)  # [b*M, S, D]
-      received = lax.all_to_all(local, MODEL_AXIS, 0, 1, tiled=True)  # [b, M*S, D]
+      received = collectives.all_to_all(local, MODEL_AXIS, 0, 1)  # [b, M*S, D]
       pieces.append(received[:, _table_wise_columns(layout, table_wise)])
       order += table_wise
 
@@ -133,7 +133,7 @@ def lookup(layout: EmbeddingLayout, buffers: dict[str, jax.Array], ids: jax.Arra
       rows, owned = _owned_row_wise(layout, row_wise, ids_m)
       partial = _masked_take(buffers["sharded"], rows, owned)  # [b*M, P, D]
       partial = bags.pool(partial, bags.columns(layout, row_wise)[1])  # [b*M, Tr, D]
-      pieces.append(lax.psum_scatter(partial, MODEL_AXIS, scatter_dimension=0, tiled=True))
+      pieces.append(collectives.psum_scatter(partial, MODEL_AXIS))
       order += row_wise
 
   column_wise = layout.features("column")
@@ -142,7 +142,7 @@ def lookup(layout: EmbeddingLayout, buffers: dict[str, jax.Array], ids: jax.Arra
       rows, valid = _flat_rows(layout, column_wise, ids_m)
       local = _masked_take(buffers["column"], rows, valid)  # [b*M, P, D/M]
       local = bags.pool(local, bags.columns(layout, column_wise)[1])  # [b*M, Tc, D/M]
-      pieces.append(lax.all_to_all(local, MODEL_AXIS, 0, 2, tiled=True))
+      pieces.append(collectives.all_to_all(local, MODEL_AXIS, 0, 2))
       order += column_wise
 
   replicated = layout.features("replicated")
@@ -163,7 +163,7 @@ def lookup(layout: EmbeddingLayout, buffers: dict[str, jax.Array], ids: jax.Arra
 
 
 def _gather_over_data(*xs: jax.Array) -> list[jax.Array]:
-  return [lax.all_gather(x, DATA_AXIS, axis=0, tiled=True) for x in xs]
+  return [collectives.all_gather(x, DATA_AXIS) for x in xs]
 
 
 def _flatten(rows: jax.Array, grads: jax.Array, valid: jax.Array) -> RoutedGradients:
@@ -181,7 +181,7 @@ def _gather_marked(rows: jax.Array, g: jax.Array, valid: jax.Array | None, axes)
   if valid is not None:
     rows = jnp.where(valid, rows, -1)
   for axis in axes:
-    rows, g = (lax.all_gather(x, axis, axis=0, tiled=True) for x in (rows, g))
+    rows, g = (collectives.all_gather(x, axis) for x in (rows, g))
   return [rows, g, jnp.ones(rows.shape, bool) if valid is None else rows >= 0]
 
 
@@ -201,7 +201,7 @@ def route_gradients(
   """
   routed: dict[str, list[RoutedGradients]] = {}
   needs_model_group = any(p.plan != "replicated" for p in layout.placements)
-  ids_m = lax.all_gather(ids, MODEL_AXIS, axis=0, tiled=True) if needs_model_group else None
+  ids_m = collectives.all_gather(ids, MODEL_AXIS) if needs_model_group else None
   scale = bags.mean_scale(layout, ids)
   if scale is not None:
     grads = grads * scale[..., None]
@@ -218,7 +218,7 @@ def route_gradients(
       source[_table_wise_columns(layout, table_wise)] = table_wise
       padded = jnp.concatenate([grads, jnp.zeros_like(grads[:, :1])], axis=1)
       send = padded[:, source]
-      mine = lax.all_to_all(send, MODEL_AXIS, 1, 0, tiled=True)  # [b*M, S, D]
+      mine = collectives.all_to_all(send, MODEL_AXIS, 1, 0)  # [b*M, S, D]
       rows, valid = _owned_table_wise(layout, ids_m)  # [b*M, P]
       rows, mine, valid = _gather_over_data(rows, mine, valid)
       mine = bags.spread(mine, bags.table_wise_positions(layout).widths)
@@ -227,7 +227,7 @@ def route_gradients(
   row_wise = layout.features("row")
   if row_wise:
     with jax.named_scope("row_wise_backward"):
-      g = lax.all_gather(grads[:, list(row_wise)], MODEL_AXIS, axis=0, tiled=True)
+      g = collectives.all_gather(grads[:, list(row_wise)], MODEL_AXIS)
       rows, owned = _owned_row_wise(layout, row_wise, ids_m)
       rows, g, owned = _gather_over_data(rows, g, owned)
       g = bags.spread(g, bags.columns(layout, row_wise)[1])
@@ -236,7 +236,7 @@ def route_gradients(
   column_wise = layout.features("column")
   if column_wise:
     with jax.named_scope("column_wise_backward"):
-      g = lax.all_to_all(grads[:, list(column_wise)], MODEL_AXIS, 2, 0, tiled=True)
+      g = collectives.all_to_all(grads[:, list(column_wise)], MODEL_AXIS, 2, 0)
       rows, valid = _flat_rows(layout, column_wise, ids_m)
       rows, g, valid = _gather_marked(rows, g, valid, (DATA_AXIS,))
       g = bags.spread(g, bags.columns(layout, column_wise)[1])

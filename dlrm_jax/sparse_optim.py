@@ -25,7 +25,8 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
+
+from dlrm_jax import collectives
 
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 
@@ -113,7 +114,7 @@ class SparseOptimizer:
     else:
       square_sum = jnp.sum(summed * summed, axis=1)
       if column_axis is not None:
-        square_sum = lax.psum(square_sum, column_axis)
+        square_sum = collectives.psum(square_sum, column_axis)
       mean_square = square_sum / (full_dim or table.shape[1])
       new_acc = acc.at[unique].get(mode="fill", fill_value=0.0) + mean_square
       step = summed / (jnp.sqrt(new_acc) + self.eps)[:, None]

@@ -11,6 +11,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dlrm_jax import collectives
 from dlrm_jax.embedding import lookup, route_gradients
 from dlrm_jax.mesh import BATCH_AXES, MODEL_AXIS, batch_spec
 from dlrm_jax.model import DenseModel
@@ -59,7 +60,7 @@ def make_train_step(
   def per_device(state: TrainState, batch: dict[str, jax.Array]):
     with jax.named_scope("embedding_lookup"):
       emb = lookup(layout, state.tables, batch["sparse"])
-    count = lax.psum(jnp.sum(batch["mask"]), BATCH_AXES)
+    count = collectives.psum(jnp.sum(batch["mask"]), BATCH_AXES)
 
     def local_loss(params, emb):
       logits = model.apply({"params": params}, batch["dense"], emb)
@@ -73,10 +74,10 @@ def make_train_step(
         local_loss, argnums=(0, 1), has_aux=True
       )(state.params, emb)
     right = (logits > 0) == (batch["label"] > 0.5)
-    correct = lax.psum(jnp.sum(jnp.where(right, batch["mask"], 0.0)), BATCH_AXES)
+    correct = collectives.psum(jnp.sum(jnp.where(right, batch["mask"], 0.0)), BATCH_AXES)
     lr = sparse_opt.lr_at(state.step)
     with jax.named_scope("dense_grad_all_reduce"):
-      param_grads = lax.psum(param_grads, BATCH_AXES)
+      param_grads = collectives.psum(param_grads, BATCH_AXES)
     with jax.named_scope("dense_update"):
       updates, opt_state = dense_tx.update(param_grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
@@ -98,7 +99,7 @@ def make_train_step(
       step=state.step + 1, params=params, opt_state=opt_state, tables=tables, slots=slots
     )
     metrics = {
-      "loss": lax.psum(loss, BATCH_AXES),
+      "loss": collectives.psum(loss, BATCH_AXES),
       "lr": jnp.asarray(lr, jnp.float32),
       "correct": correct,
       "count": count.astype(jnp.float32),
