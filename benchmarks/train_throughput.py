@@ -14,6 +14,7 @@ normalised by the matmul timed in its own windows.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import resource
 import statistics
 import time
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from dlrm_jax.config import auto_steps_per_call
 from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, NUM_DENSE, SPARSE_NAMES
 from dlrm_jax.interaction import interaction_width
 from dlrm_jax.mesh import make_mesh, model_size
@@ -39,7 +41,11 @@ flags.DEFINE_integer("windows", 5, "Timed windows per batch size (the median is 
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adagrad", "rowwise_adagrad"], "Table optimizer.")
 flags.DEFINE_integer("embedding_dim", 0, "Embedding width; 0 = the --model's (16 or 128).")
 flags.DEFINE_integer(
-  "steps_per_call", 1, "Train steps per dispatch (a lax.scan over stacked batches); default 1."
+  "steps_per_call",
+  0,
+  "Train steps per dispatch (a lax.scan over stacked batches); 0 (default) = what "
+  "training's --steps_per_call=0 picks for the batch size (up to 16). --steps is rounded "
+  "up to whole calls.",
 )
 flags.DEFINE_enum(
   "compute_dtype", "float32", ["float32", "bfloat16"], "MLP and interaction matmul dtype."
@@ -168,19 +174,11 @@ def multi_hot_report(specs, bottom, top, one_hot: dict[int, tuple[float, float]]
     )
 
 
-def reference_step(
-  specs,
-  mesh,
-  optimizer: str = "sgd",
-  *,
-  bottom=BOTTOM,
-  top=TOP,
-  steps_per_call: int = 1,
-  compute_dtype: str = "float32",
-):
-  """The reference architecture over ``specs``: (jitted train step, initial state).
+def reference_model(specs, mesh, optimizer: str = "sgd", *, bottom, top, compute_dtype="float32"):
+  """The reference architecture over ``specs``: (step_for, initial state).
 
-  With ``steps_per_call`` K > 1 the step takes K stacked batches (``stack_batches``).
+  ``step_for(K)`` is the jitted train step taking K stacked batches per call
+  (``stack_batches``; one plain batch for K = 1).
   """
   dim = specs[0].dim
   sparse_opt = SparseOptimizer(optimizer, 0.1)
@@ -191,8 +189,13 @@ def reference_step(
   state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))
   jax.block_until_ready(state)
   abstract = jax.eval_shape(lambda s: s, state)
-  step = make_train_step(model, layout, sparse_opt, tx, mesh, abstract, steps_per_call)
-  return step, state
+  return functools.partial(make_train_step, model, layout, sparse_opt, tx, mesh, abstract), state
+
+
+def reference_step(specs, mesh, optimizer: str = "sgd", *, bottom=BOTTOM, top=TOP):
+  """The reference architecture's one-step-per-call train step and initial state."""
+  step_for, state = reference_model(specs, mesh, optimizer, bottom=bottom, top=top)
+  return step_for(1), state
 
 
 def stack_batches(batches, k: int, mesh) -> list[dict[str, jax.Array]]:
@@ -222,20 +225,13 @@ def main(argv):
   dim = FLAGS.embedding_dim or dim
   if FLAGS.max_table_rows:
     sizes = [min(s, FLAGS.max_table_rows) for s in sizes]
-  k = FLAGS.steps_per_call
-  if k < 1 or FLAGS.steps % k:
-    raise app.UsageError(f"--steps={FLAGS.steps} must be a multiple of --steps_per_call={k}")
+  if FLAGS.steps_per_call < 0:
+    raise app.UsageError(f"--steps_per_call={FLAGS.steps_per_call}: must be >= 1, or 0 for auto")
   mesh = make_mesh()
   specs = table_specs(list(SPARSE_NAMES), list(sizes), dim)
   t0 = time.perf_counter()
-  step, state = reference_step(
-    specs,
-    mesh,
-    FLAGS.optimizer,
-    bottom=bottom,
-    top=top,
-    steps_per_call=k,
-    compute_dtype=FLAGS.compute_dtype,
+  step_for, state = reference_model(
+    specs, mesh, FLAGS.optimizer, bottom=bottom, top=top, compute_dtype=FLAGS.compute_dtype
   )
   init_s = time.perf_counter() - t0
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
@@ -244,7 +240,7 @@ def main(argv):
     f"devices: {jax.device_count()} x {jax.devices()[0].platform}; tables: {len(specs)} "
     f"{FLAGS.model} sizes, {sum(s.rows for s in specs):,} rows, dim {dim}; bottom "
     f"{'-'.join(map(str, bottom))}, top {'-'.join(map(str, top))}; optimizer "
-    f"{FLAGS.optimizer}; {FLAGS.compute_dtype} matmuls; {k} step(s) per call"
+    f"{FLAGS.optimizer}; {FLAGS.compute_dtype} matmuls"
   )
   print(
     f"state: {state_bytes / 2**30:.2f} GiB (tables + optimizer state + dense params); "
@@ -253,6 +249,9 @@ def main(argv):
   rng = np.random.default_rng(0)
   rows = []
   for batch_size in map(int, FLAGS.batch_sizes):
+    k = FLAGS.steps_per_call or auto_steps_per_call(batch_size)
+    steps = -(-FLAGS.steps // k) * k  # whole calls
+    step = step_for(k)
     batches = [random_batch(rng, specs, batch_size, mesh) for _ in range(8)]
     if k > 1:
       batches = stack_batches(batches, k, mesh)
@@ -261,13 +260,14 @@ def main(argv):
     # load; the ratio is the median of per-window ratios.
     rates, matmuls = [], []
     for _ in range(FLAGS.windows):
-      seconds, state = timed_window(step, state, batches, FLAGS.steps // k)
-      rates.append(FLAGS.steps * batch_size / seconds)
+      seconds, state = timed_window(step, state, batches, steps // k)
+      rates.append(steps * batch_size / seconds)
       matmuls.append(matmul_gflops(reps=10))
     ratios = [r * flops / 1e9 / mm for r, mm in zip(rates, matmuls, strict=True)]
     rows.append(
       (
         batch_size,
+        k,
         statistics.median(rates),
         statistics.median(rates) * flops / 1e9,
         statistics.median(matmuls),
@@ -275,16 +275,19 @@ def main(argv):
       )
     )
   rss = peak_rss_bytes()
-  print(f"{'batch':>6} {'samples/s':>10} {'model GFLOP/s':>14} {'matmul GFLOP/s':>15} {'ratio':>6}")
-  for batch_size, rate, model_gflops, mm, ratio in rows:
-    print(f"{batch_size:>6} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {ratio:>6.2f}")
+  print(
+    f"{'batch':>6} {'steps/call':>10} {'samples/s':>10} {'model GFLOP/s':>14} "
+    f"{'matmul GFLOP/s':>15} {'ratio':>6}"
+  )
+  for batch_size, k, rate, model_gflops, mm, ratio in rows:
+    print(f"{batch_size:>6} {k:>10} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {ratio:>6.2f}")
   print(
     f"peak RSS {rss / 2**30:.2f} GiB = {rss / state_bytes:.2f} x state "
     f"({state_bytes / 2**30:.2f} GiB)"
   )
   if FLAGS.multi_hot_sizes:
     del step, state  # one model's tables in memory at a time
-    multi_hot_report(specs, bottom, top, {r[0]: (r[1], r[3]) for r in rows})
+    multi_hot_report(specs, bottom, top, {r[0]: (r[2], r[4]) for r in rows})
 
 
 if __name__ == "__main__":

@@ -18,6 +18,12 @@ DATASETS = ("synthetic", "kaggle", "terabyte")
 VOCABULARIES = ("train", "reference")
 MODES = ("train", "eval", "predict", "export")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# --steps_per_call=0: at most this many steps, and this many examples, per call.
+# Each call costs a dispatch and XLA:CPU's malloc of its temporaries (page
+# faults when they exceed glibc's 32 MiB mmap threshold); docs/performance.md.
+AUTO_MAX_STEPS_PER_CALL = 16
+AUTO_SAMPLES_PER_CALL = 32768
+_CADENCES = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
 
 
 class ConfigError(ValueError):
@@ -70,7 +76,7 @@ class Config:
   eval_batch_size: int = 8192
   num_epochs: int = 3
   max_steps: int = 0  # 0: num_epochs decides
-  steps_per_call: int = 1  # train steps per dispatch (a lax.scan over stacked batches)
+  steps_per_call: int = 0  # train steps per dispatch (a lax.scan over stacked batches); 0: auto
   # Reporting.
   eval_every_steps: int = 0  # 0: evaluate at the end only
   target_auc: float = 0.0  # 0: off; else stop once a validation evaluation reaches it
@@ -207,13 +213,13 @@ class Config:
       f"--compute_dtype={self.compute_dtype!r}: must be one of {', '.join(COMPUTE_DTYPES)}",
     )
     k = self.steps_per_call
-    _check(k >= 1, f"--steps_per_call={k}: must be >= 1")
+    _check(k >= 0, f"--steps_per_call={k}: must be >= 1, or 0 for auto")
     # Logs, evaluations and checkpoints happen between calls, so their cadences
-    # must fall on call boundaries.
-    for name in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+    # must fall on call boundaries (auto picks a K for which they do).
+    for name in _CADENCES:
       value = getattr(self, name)
       _check(
-        value % k == 0,
+        k == 0 or value % k == 0,
         f"--{name}={value} is not a multiple of --steps_per_call={k}: logs, evaluations "
         f"and checkpoints happen between calls",
       )
@@ -281,9 +287,24 @@ class Config:
     )
 
   @property
+  def resolved_steps_per_call(self) -> int:
+    """--steps_per_call, with 0 replaced by ``auto_steps_per_call`` for this run's cadences."""
+    if self.steps_per_call:
+      return self.steps_per_call
+    return auto_steps_per_call(self.batch_size, [getattr(self, n) for n in _CADENCES])
+
+  @property
   def resolved_dcn_num_layers(self) -> int:
     """--dcn_num_layers, with 0 replaced by the reference depth of --interaction (else 0)."""
     return self.dcn_num_layers or REFERENCE_NUM_LAYERS.get(self.interaction, 0)
+
+
+def auto_steps_per_call(batch_size: int, cadences=()) -> int:
+  """The largest K <= AUTO_MAX_STEPS_PER_CALL that divides every non-zero cadence and
+  keeps a call within AUTO_SAMPLES_PER_CALL examples (large batches gain nothing
+  from fewer dispatches, and their stacked batches would take memory)."""
+  cap = min(AUTO_MAX_STEPS_PER_CALL, max(1, AUTO_SAMPLES_PER_CALL // batch_size))
+  return max(k for k in range(1, cap + 1) if all(v % k == 0 for v in cadences if v > 0))
 
 
 def _check(ok: bool, message: str) -> None:

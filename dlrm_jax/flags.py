@@ -199,7 +199,8 @@ flags.DEFINE_integer(
   _D.steps_per_call,
   "Train steps per device dispatch (a lax.scan over that many stacked batches; "
   "same result as 1). --log_every_steps, --eval_every_steps and "
-  "--checkpoint_every_steps must be multiples of it.",
+  "--checkpoint_every_steps must be multiples of it. 0 (default) = auto: the largest "
+  "K <= 16 that divides them, with at most 32768 examples per call.",
 )
 # Reporting.
 flags.DEFINE_integer(

@@ -112,13 +112,13 @@ def _train(
   )
   log.write_config(config, start)
   counts = parameter_counts(c)
+  k = config.resolved_steps_per_call
   reporting.announce(
     f"parameters: dense {counts['dense']:,}, embedding {counts['embedding']:,}, "
-    f"total {counts['total']:,}"
+    f"total {counts['total']:,}; {k} train step(s) per device call"
   )
   if restored is None:  # a resumed file keeps its step-0 line
     log.write({"step": 0, "parameters": counts})
-  k = config.steps_per_call
   train_step = compiled_on_first_call(
     make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract), timings
   )

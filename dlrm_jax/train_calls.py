@@ -41,7 +41,7 @@ def device_calls(
   batch; a shorter call (a resume mid-way, the last steps) gives a list of n batches.
   Ids are checked on the host, before they reach a device.
   """
-  k = c.config.steps_per_call
+  k = c.config.resolved_steps_per_call
   batches = loader.iterate(start, max(0, total_steps - start))
   step = start
   while step < total_steps:

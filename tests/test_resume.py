@@ -58,9 +58,9 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data):
-  """An uninterrupted 40-step run."""
+  """An uninterrupted 40-step run, one step per call."""
   work = tmp_path_factory.mktemp("reference") / "work"
-  proc = run(work, data)
+  proc = run(work, data, "--steps_per_call=1")
   assert proc.returncode == 0, proc.stderr[-3000:]
   return work
 
