@@ -275,12 +275,13 @@ def main(argv):
       )
     )
   rss = peak_rss_bytes()
+  # Columns 1-5 keep their places: ../shared/peers/peer_throughput.sh reads them.
   print(
-    f"{'batch':>6} {'steps/call':>10} {'samples/s':>10} {'model GFLOP/s':>14} "
-    f"{'matmul GFLOP/s':>15} {'ratio':>6}"
+    f"{'batch':>6} {'samples/s':>10} {'model GFLOP/s':>14} {'matmul GFLOP/s':>15} {'ratio':>6} "
+    f"{'steps/call':>10}"
   )
   for batch_size, k, rate, model_gflops, mm, ratio in rows:
-    print(f"{batch_size:>6} {k:>10} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {ratio:>6.2f}")
+    print(f"{batch_size:>6} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {ratio:>6.2f} {k:>10}")
   print(
     f"peak RSS {rss / 2**30:.2f} GiB = {rss / state_bytes:.2f} x state "
     f"({state_bytes / 2**30:.2f} GiB)"
