@@ -1,155 +1,135 @@
-"""Where a train step's time goes: each phase of the Kaggle-size step timed as its own program.
+"""Where a train step's time goes: a jax.profiler trace of the real step, op by op.
 
-python benchmarks/step_profile.py [--batch_sizes=128,2048] [--steps=30] [--windows=5]
+python benchmarks/step_profile.py [--batch_sizes=128,2048] [--steps=32] [--steps_per_call=0]
 
-On one device, for each batch size: the full step as one dispatch per step,
-the same step run ``--steps`` times inside one ``lax.scan`` (no dispatch), and
-the phases jitted alone: embedding lookup, bottom MLP, interaction, top MLP
-(forward), the dense backward (forward+backward minus forward), the dense
-optimizer, and the sparse update (gradient routing plus the table update).
-Dispatch/host is the per-step difference between the dispatched and the
-scanned step; "fusion and rest" is the scanned step minus the phases' sum
-(negative when XLA fuses across phases). Medians of ``--windows`` windows.
+On one device, for each batch size: the Kaggle-size train step (as
+benchmarks/train_throughput.py builds it, K steps per call as training picks
+them) is traced for ``--steps`` steps with XLA:CPU's per-op trace events on.
+Each XLA op is put in a phase by the JAX name scope it came from (the compiled
+HLO's op_name metadata): embedding lookup, bottom MLP, interaction and top MLP
+forward and backward, dense optimizer, sparse update (gradient routing and the
+table scatter), and the rest (loss, metrics, copies). "host and dispatch" is
+the wall time per step minus the ops' time: time the devices' threads ran no op.
+Ops of one step may run side by side on the 2 cores, so shares are of the ops'
+sum, which can exceed the wall time.
 """
 
 from __future__ import annotations
 
-import statistics
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from absl import app, flags
-from jax import lax
-from train_throughput import TOP, random_batch, reference_step
+# Per-op trace events need this XLA flag before jax starts.
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
+).strip()
 
-from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, SPARSE_NAMES
-from dlrm_jax.embedding import lookup, route_gradients
-from dlrm_jax.interaction import interact
-from dlrm_jax.mesh import make_mesh, model_size
-from dlrm_jax.model import MLP, DenseModel
-from dlrm_jax.planner import plan_layout
-from dlrm_jax.sparse_optim import SparseOptimizer
-from dlrm_jax.specs import table_specs
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from train_throughput import BOTTOM, TOP, random_batch, reference_model, stack_batches  # noqa: E402
 
-# --batch_sizes, --steps (per window) and --windows are train_throughput's flags.
+from dlrm_jax.config import auto_steps_per_call  # noqa: E402
+from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, SPARSE_NAMES  # noqa: E402
+from dlrm_jax.mesh import make_mesh  # noqa: E402
+from dlrm_jax.specs import table_specs  # noqa: E402
+
+# --batch_sizes, --steps (per window) and --steps_per_call are train_throughput's flags.
 FLAGS = flags.FLAGS
 
+PHASES = (
+  "embedding lookup",
+  "bottom MLP forward",
+  "interaction forward",
+  "top MLP forward",
+  "top MLP backward",
+  "interaction backward",
+  "bottom MLP backward",
+  "dense optimizer",
+  "sparse update",
+  "loss, metrics, copies",
+)
 
-def _time(fn, args, reps: int, windows: int) -> float:
-  """Median seconds per call of ``fn(*args)``, dispatched back to back."""
-  jax.block_until_ready(fn(*args))
-  out = []
-  for _ in range(windows):
+
+def phase_of(op_name: str) -> str:
+  """The phase of an XLA op from its JAX op_name (name scopes and transforms)."""
+  if "embedding_lookup" in op_name:
+    return "embedding lookup"
+  if "embedding_update" in op_name:
+    return "sparse update"
+  if "dense_update" in op_name:
+    return "dense optimizer"
+  backward = "transpose(" in op_name
+  for part, label in (("bottom_mlp", "bottom MLP"), ("interaction", "interaction")):
+    if part in op_name:
+      return f"{label} {'backward' if backward else 'forward'}"
+  if "top_mlp" in op_name:
+    return f"top MLP {'backward' if backward else 'forward'}"
+  return "loss, metrics, copies"
+
+
+def op_phases(hlo_text: str) -> dict[str, str]:
+  """HLO instruction name -> phase, from each instruction's op_name metadata.
+
+  Instructions without it (copies XLA inserted) count as "loss, metrics,
+  copies"; loops are left out, their bodies' ops are traced one by one.
+  """
+  phases = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = ", line)
+    if not m or m.group(1).startswith(("while", "call", "conditional")):
+      continue
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    phases[m.group(1)] = phase_of(op_name.group(1) if op_name else "")
+  return phases
+
+
+def traced_op_seconds(trace_dir: str) -> dict[str, float]:
+  """Total seconds per XLA op name in the newest perfetto trace under ``trace_dir``."""
+  path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))[-1]
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  totals = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X":
+      totals[e["name"]] += e.get("dur", 0) * 1e-6
+  return totals
+
+
+def profile(batch_size: int, step_for, state, specs, mesh, rng):
+  """(wall seconds per step, {phase: op seconds per step}, K, state)."""
+  k = FLAGS.steps_per_call or auto_steps_per_call(batch_size)
+  calls = -(-FLAGS.steps // k)
+  step = step_for(k)
+  batches = [random_batch(rng, specs, batch_size, mesh) for _ in range(8)]
+  if k > 1:
+    batches = stack_batches(batches, k, mesh)
+  phases = op_phases(step.lower(state, batches[0]).compile().as_text())
+  for i in range(3):  # compile and warm up
+    state, out = step(state, batches[i % len(batches)])
+  out["loss"].block_until_ready()
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     t = time.perf_counter()
-    for _ in range(reps):
-      r = fn(*args)
-    jax.block_until_ready(r)
-    out.append((time.perf_counter() - t) / reps)
-  return statistics.median(out)
-
-
-def _time_step(step, state, batches, reps: int, windows: int):
-  """Median seconds per dispatched step; returns (seconds, state)."""
-  out = []
-  for w in range(windows + 1):
-    t = time.perf_counter()
-    for i in range(reps):
-      state, m = step(state, batches[i % len(batches)])
-    m["loss"].block_until_ready()
-    if w:  # the first window compiles
-      out.append((time.perf_counter() - t) / reps)
-  return statistics.median(out), state
-
-
-def profile(batch_size: int, step, state, layout, model, mesh, rng, specs):
-  reps, windows = FLAGS.steps, FLAGS.windows
-  batches = [random_batch(rng, specs, batch_size, mesh) for _ in range(4)]
-  b0 = batches[0]
-  dispatched, state = _time_step(step, state, batches, reps, windows)
-
-  stacked = jax.tree.map(lambda *xs: jnp.stack([xs[i % len(xs)] for i in range(reps)]), *batches)
-  scanned = jax.jit(lambda s, bs: lax.scan(lambda c, b: step(c, b), s, bs), donate_argnums=(0,))
-  times = []
-  for w in range(windows + 1):
-    t = time.perf_counter()
-    state, m = scanned(state, stacked)
-    m["loss"].block_until_ready()
-    if w:
-      times.append((time.perf_counter() - t) / reps)
-  in_scan = statistics.median(times)
-
-  params = state.params
-  emb_fn = jax.jit(
-    jax.shard_map(
-      lambda t, ids: lookup(layout, t, ids),
-      mesh=mesh,
-      in_specs=(jax.sharding.PartitionSpec(), jax.sharding.PartitionSpec()),
-      out_specs=jax.sharding.PartitionSpec(),
-      check_vma=False,
-    )
-  )
-  emb = emb_fn(state.tables, b0["sparse"])
-  bottom_mlp = MLP(model.bottom_mlp, relu_last=True)
-  top_mlp = MLP(model.top_mlp, relu_last=False)
-  bottom_fn = jax.jit(lambda p, x: bottom_mlp.apply({"params": p}, x))
-  bottom = bottom_fn(params["bottom_mlp"], b0["dense"])
-  inter_fn = jax.jit(lambda bo, e: interact(model.interaction, bo, e))
-  z = inter_fn(bottom, emb)
-  top_fn = jax.jit(lambda p, x: top_mlp.apply({"params": p}, x))
-
-  def loss(p, e, batch):
-    logits = model.apply({"params": p}, batch["dense"], e)
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["label"]))
-
-  fwd_fn = jax.jit(loss)
-  fwdbwd_fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-  _, (pgrads, egrads) = fwdbwd_fn(params, emb, b0)
-  tx = optax.sgd(0.1)
-  opt_state = tx.init(params)
-  dense_upd = jax.jit(lambda g, o, p: optax.apply_updates(p, tx.update(g, o, p)[0]))
-  sparse_opt = SparseOptimizer("sgd", 0.1)
-
-  def sparse_update(tables, ids, grads):
-    routed = route_gradients(layout, ids, grads)
-    out = dict(tables)
-    for name, r in routed.items():
-      out[name], _ = sparse_opt.apply(tables[name], {}, r.rows, r.grads, r.valid)
-    return out
-
-  P = jax.sharding.PartitionSpec
-  sparse_fn = jax.jit(
-    jax.shard_map(
-      sparse_update, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P(), check_vma=False
-    ),
-    donate_argnums=(0,),
-  )
-  tables = state.tables
-  jax.block_until_ready(tables := sparse_fn(tables, b0["sparse"], egrads))
-  sparse_times = []
-  for _ in range(windows):
-    t = time.perf_counter()
-    for _ in range(reps):
-      tables = sparse_fn(tables, b0["sparse"], egrads)
-    jax.block_until_ready(tables)
-    sparse_times.append((time.perf_counter() - t) / reps)
-  state = state.replace(tables=tables)
-
-  fwd = _time(fwd_fn, (params, emb, b0), reps, windows)
-  parts = {
-    "embedding lookup": _time(emb_fn, (state.tables, b0["sparse"]), reps, windows),
-    "bottom MLP (fwd)": _time(bottom_fn, (params["bottom_mlp"], b0["dense"]), reps, windows),
-    "interaction (fwd)": _time(inter_fn, (bottom, emb), reps, windows),
-    "top MLP (fwd)": _time(top_fn, (params["top_mlp"], z), reps, windows),
-    "dense backward": _time(fwdbwd_fn, (params, emb, b0), reps, windows) - fwd,
-    "dense optimizer": _time(dense_upd, (pgrads, opt_state, params), reps, windows),
-    "sparse update": statistics.median(sparse_times),
-  }
-  parts["fusion and rest"] = in_scan - sum(parts.values())
-  parts["dispatch/host"] = dispatched - in_scan
-  return dispatched, in_scan, parts, state
+    for i in range(calls):
+      state, out = step(state, batches[i % len(batches)])
+    out["loss"].block_until_ready()
+    wall = (time.perf_counter() - t) / (calls * k)
+    jax.profiler.stop_trace()
+    totals = traced_op_seconds(trace_dir)
+  per_phase = collections.Counter()
+  for name, seconds in totals.items():
+    if name in phases:
+      per_phase[phases[name]] += seconds / (calls * k)
+  return wall, per_phase, k, state
 
 
 def main(argv):
@@ -158,20 +138,27 @@ def main(argv):
   if jax.device_count() != 1:
     raise SystemExit("step_profile needs one device: unset xla_force_host_platform_device_count")
   specs = table_specs(list(SPARSE_NAMES), list(KAGGLE_TABLE_SIZES), 16)
-  step, state = reference_step(specs, mesh)
-  layout = plan_layout(specs, model_size(mesh))
-  model = DenseModel((512, 256, 64, 16), TOP, "dot")
+  step_for, state = reference_model(specs, mesh, bottom=BOTTOM, top=TOP)
   rng = np.random.default_rng(0)
+  results = []
   for batch_size in map(int, FLAGS.batch_sizes):
-    dispatched, in_scan, parts, state = profile(
-      batch_size, step, state, layout, model, mesh, rng, specs
+    wall, per_phase, k, state = profile(batch_size, step_for, state, specs, mesh, rng)
+    results.append((batch_size, wall, per_phase, k))
+  header = "| phase |" + "".join(f" batch {b} (K={k}) | share |" for b, _, _, k in results)
+  print(header)
+  print("|---|" + "---:|---:|" * len(results))
+  for phase in PHASES:
+    cells = "".join(
+      f" {p[phase] * 1e3:.3f} ms | {p[phase] / sum(p.values()):.0%} |" for _, _, p, _ in results
     )
-    print(
-      f"batch {batch_size}: {dispatched * 1e3:.2f} ms/step dispatched one by one, "
-      f"{in_scan * 1e3:.2f} ms/step inside one scan"
-    )
-    for name, s in parts.items():
-      print(f"  {name:<20} {s * 1e3:7.2f} ms  {100 * s / dispatched:5.1f} %")
+    print(f"| {phase} |{cells}")
+  print("| ops' sum |" + "".join(f" {sum(p.values()) * 1e3:.3f} ms | |" for _, _, p, _ in results))
+  print(
+    "| host and dispatch (wall - ops) |"
+    + "".join(f" {(w - sum(p.values())) * 1e3:.3f} ms | |" for _, w, p, _ in results)
+  )
+  print("| step, wall |" + "".join(f" {w * 1e3:.3f} ms | |" for _, w, _, _ in results))
+  sys.stdout.flush()
 
 
 if __name__ == "__main__":
