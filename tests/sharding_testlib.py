@@ -60,9 +60,15 @@ def make_batch(step: int, rows=ROWS, batch: int = BATCH) -> dict[str, np.ndarray
     ids[8:20, t] = ids[step % 8, t]  # one row looked up 13 times, across devices
     ids[20:24, t] = r - 1
   rng.shuffle(ids, axis=0)
+  return batch_around(ids, rng)
+
+
+def batch_around(sparse: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """A full batch for ``sparse`` ids: normal dense features, 40 % positive labels, no padding."""
+  batch = sparse.shape[0]
   return {
     "dense": rng.normal(size=(batch, 13)).astype(np.float32),
-    "sparse": ids,
+    "sparse": sparse,
     "label": (rng.random(batch) < 0.4).astype(np.float32),
     "mask": np.ones(batch, np.float32),
   }

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sharding_testlib import DIM, ROWS, Sharded, reference_logits, reference_train
+from sharding_testlib import DIM, ROWS, Sharded, batch_around, reference_logits, reference_train
 
 from dlrm_jax.table_io import logical_table
 
@@ -72,12 +72,7 @@ def make_bag_batch(step: int) -> dict[str, np.ndarray]:
     cols.append(ids)
   sparse = np.concatenate(cols, axis=1)
   rng.shuffle(sparse, axis=0)
-  return {
-    "dense": rng.normal(size=(BATCH, 13)).astype(np.float32),
-    "sparse": sparse,
-    "label": (rng.random(BATCH) < 0.4).astype(np.float32),
-    "mask": np.ones(BATCH, np.float32),
-  }
+  return batch_around(sparse, rng)
 
 
 @functools.cache
