@@ -40,9 +40,9 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from dlrm_jax import checkpointing, table_io  # noqa: E402
 from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, SPARSE_NAMES  # noqa: E402
 from dlrm_jax.mesh import make_mesh, model_size  # noqa: E402
-from dlrm_jax.model import DenseModel  # noqa: E402
+from dlrm_jax.model.dlrm import DenseModel  # noqa: E402
+from dlrm_jax.optim.sparse import SparseOptimizer  # noqa: E402
 from dlrm_jax.planner import format_bytes, plan_layout  # noqa: E402
-from dlrm_jax.sparse_optim import SparseOptimizer  # noqa: E402
 from dlrm_jax.specs import table_specs  # noqa: E402
 from dlrm_jax.train_state import create_train_state, dense_optimizer  # noqa: E402
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from dlrm_jax.embedding import exchange_bytes
+from dlrm_jax.optim.sparse import OPTIMIZERS, SparseOptimizer
 from dlrm_jax.planner import plan_layout
-from dlrm_jax.sparse_optim import OPTIMIZERS, SparseOptimizer
 from dlrm_jax.specs import table_specs
 
 # The reference's table sizes (dlrm_s_pytorch.py): Kaggle with no id limit,

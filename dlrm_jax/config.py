@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from dlrm_jax.cross import REFERENCE_NUM_LAYERS
-from dlrm_jax.interaction import INTERACTIONS
+from dlrm_jax.model.cross import REFERENCE_NUM_LAYERS
+from dlrm_jax.model.interaction import INTERACTIONS
+from dlrm_jax.optim.sparse import OPTIMIZERS
 from dlrm_jax.planner import PLANS
-from dlrm_jax.sparse_optim import OPTIMIZERS
 from dlrm_jax.specs import POOLINGS
 
 DATASETS = ("synthetic", "kaggle", "terabyte")
@@ -67,7 +67,7 @@ class Config:
   learning_rate: float = 2.0
   adagrad_eps: float = 1e-10  # the reference's (torch.optim.Adagrad), added after the sqrt
   adagrad_initial_accumulator: float = 0.0
-  # Learning-rate policy of the reference (dlrm_jax/schedules.py); all 0: constant.
+  # Learning-rate policy of the reference (dlrm_jax/optim/schedules.py); all 0: constant.
   lr_warmup_steps: int = 0
   lr_decay_start_step: int = 0
   lr_decay_steps: int = 0

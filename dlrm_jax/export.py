@@ -16,7 +16,7 @@ from absl import logging
 from dlrm_jax import checkpointing, export_loader, table_io
 from dlrm_jax.components import load
 from dlrm_jax.config import Config
-from dlrm_jax.model import DenseModel
+from dlrm_jax.model.dlrm import DenseModel
 
 PLATFORMS = ("cpu", "cuda")
 

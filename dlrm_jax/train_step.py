@@ -14,9 +14,9 @@ from jax.sharding import PartitionSpec as P
 from dlrm_jax import collectives
 from dlrm_jax.embedding import lookup, route_gradients
 from dlrm_jax.mesh import BATCH_AXES, MODEL_AXIS, batch_spec
-from dlrm_jax.model import DenseModel
+from dlrm_jax.model.dlrm import DenseModel
+from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.planner import EmbeddingLayout
-from dlrm_jax.sparse_optim import SparseOptimizer
 from dlrm_jax.train_state import TrainState, state_shardings, state_specs
 
 BATCH_KEYS = ("dense", "sparse", "label", "mask")

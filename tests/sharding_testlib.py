@@ -8,9 +8,9 @@ import numpy as np
 import optax
 
 from dlrm_jax import mesh as mesh_lib
-from dlrm_jax.model import DenseModel
+from dlrm_jax.model.dlrm import DenseModel
+from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.planner import EmbeddingLayout, plan_layout
-from dlrm_jax.sparse_optim import SparseOptimizer
 from dlrm_jax.specs import table_specs
 from dlrm_jax.table_io import logical_table
 from dlrm_jax.train_state import create_train_state, dense_optimizer

@@ -8,7 +8,7 @@ import numpy as np
 from main_runner import run_main
 from test_resume import read_state
 
-from dlrm_jax.model import DenseModel
+from dlrm_jax.model.dlrm import DenseModel
 
 
 def test_bf16_matmuls_with_f32_params_and_logits():

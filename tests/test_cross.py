@@ -9,8 +9,8 @@ import pytest
 
 from dlrm_jax.components import Components, dense_model, parameter_counts
 from dlrm_jax.config import Config, ConfigError
-from dlrm_jax.cross import LowRankCrossNet, VectorCrossNet
-from dlrm_jax.model import DenseModel, EmbeddingMLP
+from dlrm_jax.model.cross import LowRankCrossNet, VectorCrossNet
+from dlrm_jax.model.dlrm import DenseModel, EmbeddingMLP
 
 KAGGLE_ROWS = (
   1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,

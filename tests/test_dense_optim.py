@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from dlrm_jax.dense_optim import dense_optimizer
+from dlrm_jax.optim.dense import dense_optimizer
 
 LR = 0.05
 

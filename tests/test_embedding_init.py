@@ -4,9 +4,9 @@ import jax
 import numpy as np
 
 from dlrm_jax.mesh import make_mesh
-from dlrm_jax.model import DenseModel
+from dlrm_jax.model.dlrm import DenseModel
+from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.planner import build_layout, choose_plans
-from dlrm_jax.sparse_optim import SparseOptimizer
 from dlrm_jax.specs import table_specs
 from dlrm_jax.train_state import create_train_state, dense_optimizer
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlrm_jax.interaction import cat_interaction, dot_interaction, interaction_width
+from dlrm_jax.model.interaction import cat_interaction, dot_interaction, interaction_width
 
 
 def numpy_dot_interaction(x, ly, itself):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlrm_jax.model import DenseModel
+from dlrm_jax.model.dlrm import DenseModel
 
 
 def test_shapes_and_param_shapes():

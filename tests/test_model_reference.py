@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlrm_jax.model import DenseModel
+from dlrm_jax.model.dlrm import DenseModel
 
 
 def test_dense_model_matches_numpy_reference():

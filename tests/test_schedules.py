@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dlrm_jax.config import Config, ConfigError
-from dlrm_jax.schedules import LRSchedule, learning_rate
+from dlrm_jax.optim.schedules import LRSchedule, learning_rate
 
 
 class ReferencePolicy:

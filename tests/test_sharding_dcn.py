@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sharding_testlib import DIM, ROWS, Sharded, make_batch, reference_logits, reference_train
 
-from dlrm_jax.model import DenseModel
+from dlrm_jax.model.dlrm import DenseModel
 
 MESHES = [(8,), (2, 4)]
 STEPS = 3

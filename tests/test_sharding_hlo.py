@@ -9,8 +9,8 @@ from sharding_testlib import BATCH, DIM, LR, MIXED_OVERRIDES, NAMES, make_batch,
 
 from dlrm_jax import mesh as mesh_lib
 from dlrm_jax.embedding import exchange_bytes
+from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.planner import plan_layout
-from dlrm_jax.sparse_optim import SparseOptimizer
 from dlrm_jax.specs import table_specs
 from dlrm_jax.train_state import create_train_state, dense_optimizer
 from dlrm_jax.train_step import batch_shardings, make_train_step

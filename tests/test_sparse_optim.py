@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from dlrm_jax.sparse_optim import SparseOptimizer
+from dlrm_jax.optim.sparse import SparseOptimizer
 
 ROWS, DIM, LR, EPS = 20, 4, 0.3, 1e-10
 

@@ -34,7 +34,7 @@ OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 @dataclasses.dataclass(frozen=True)
 class SparseOptimizer:
   name: str
-  # A float, or a schedule step -> lr (dlrm_jax.schedules) evaluated by ``lr_at``.
+  # A float, or a schedule step -> lr (dlrm_jax.optim.schedules) evaluated by ``lr_at``.
   learning_rate: float | Callable[[jax.Array], jax.Array]
   eps: float = 1e-10
   initial_accumulator: float = 0.0

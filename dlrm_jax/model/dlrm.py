@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dlrm_jax.cross import LowRankCrossNet, VectorCrossNet, stack_features
-from dlrm_jax.interaction import interact
+from dlrm_jax.model.cross import LowRankCrossNet, VectorCrossNet, stack_features
+from dlrm_jax.model.interaction import interact
 
 
 def _reference_kernel_init(key, shape, dtype=jnp.float32):
