@@ -35,8 +35,8 @@ def train_rows_per_second(processed: str, batch: int, steps: int = 30, windows: 
   from train_throughput import reference_step, timed_window
 
   from dlrm_jax.data.store import read_metadata
-  from dlrm_jax.mesh import make_mesh
-  from dlrm_jax.specs import table_specs
+  from dlrm_jax.sharding.mesh import make_mesh
+  from dlrm_jax.sharding.specs import table_specs
   from dlrm_jax.train_step import batch_shardings
 
   meta = read_metadata(processed)

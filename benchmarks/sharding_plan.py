@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from dlrm_jax.embedding import exchange_bytes
 from dlrm_jax.optim.sparse import OPTIMIZERS, SparseOptimizer
-from dlrm_jax.planner import plan_layout
-from dlrm_jax.specs import table_specs
+from dlrm_jax.sharding.embedding import exchange_bytes
+from dlrm_jax.sharding.planner import plan_layout
+from dlrm_jax.sharding.specs import table_specs
 
 # The reference's table sizes (dlrm_s_pytorch.py): Kaggle with no id limit,
 # Terabyte with ids % 10M; dims and batches of the reference configs.

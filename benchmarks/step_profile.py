@@ -38,8 +38,8 @@ from train_throughput import BOTTOM, TOP, random_batch, reference_model, stack_b
 
 from dlrm_jax.config import auto_steps_per_call  # noqa: E402
 from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, SPARSE_NAMES  # noqa: E402
-from dlrm_jax.mesh import make_mesh  # noqa: E402
-from dlrm_jax.specs import table_specs  # noqa: E402
+from dlrm_jax.sharding.mesh import make_mesh  # noqa: E402
+from dlrm_jax.sharding.specs import table_specs  # noqa: E402
 
 # --batch_sizes, --steps (per window) and --steps_per_call are train_throughput's flags.
 FLAGS = flags.FLAGS

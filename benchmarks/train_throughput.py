@@ -26,12 +26,12 @@ from absl import app, flags
 
 from dlrm_jax.config import auto_steps_per_call
 from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, NUM_DENSE, SPARSE_NAMES
-from dlrm_jax.mesh import make_mesh, model_size
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.model.interaction import interaction_width
 from dlrm_jax.optim.sparse import SparseOptimizer
-from dlrm_jax.planner import plan_layout
-from dlrm_jax.specs import table_specs
+from dlrm_jax.sharding.mesh import make_mesh, model_size
+from dlrm_jax.sharding.planner import plan_layout
+from dlrm_jax.sharding.specs import table_specs
 from dlrm_jax.train_state import create_train_state, dense_optimizer
 from dlrm_jax.train_step import batch_shardings, make_train_step
 

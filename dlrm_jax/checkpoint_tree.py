@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dlrm_jax import table_io
-from dlrm_jax.planner import EmbeddingLayout
+from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.train_state import TrainState, state_shardings
 
 

@@ -23,7 +23,7 @@ from dlrm_jax.checkpoint_tree import layout_meta as layout_meta
 from dlrm_jax.checkpoint_tree import make_snapshot as make_snapshot
 from dlrm_jax.config import Config
 from dlrm_jax.faults import CheckpointError, CheckpointMismatch
-from dlrm_jax.planner import EmbeddingLayout
+from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.train_state import TrainState
 
 FORMAT = "dlrm_jax/checkpoint/2"  # 2: fused buffers as trained + the layout; 1: logical tables

@@ -18,15 +18,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from dlrm_jax import checkpointing
-from dlrm_jax import mesh as mesh_lib
 from dlrm_jax.config import Config
 from dlrm_jax.data.loader import check_batch_ids
 from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim import schedules
 from dlrm_jax.optim.sparse import SparseOptimizer
-from dlrm_jax.planner import EmbeddingLayout, plan_layout
-from dlrm_jax.specs import table_specs
+from dlrm_jax.sharding import mesh as mesh_lib
+from dlrm_jax.sharding.planner import EmbeddingLayout, plan_layout
+from dlrm_jax.sharding.specs import table_specs
 from dlrm_jax.train_state import TrainState, create_train_state, dense_optimizer
 from dlrm_jax.train_step import batch_shardings, make_eval_step
 

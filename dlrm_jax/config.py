@@ -11,8 +11,8 @@ import json
 from dlrm_jax.model.cross import REFERENCE_NUM_LAYERS
 from dlrm_jax.model.interaction import INTERACTIONS
 from dlrm_jax.optim.sparse import OPTIMIZERS
-from dlrm_jax.planner import PLANS
-from dlrm_jax.specs import POOLINGS
+from dlrm_jax.sharding.planner import PLANS
+from dlrm_jax.sharding.specs import POOLINGS
 
 DATASETS = ("synthetic", "kaggle", "terabyte")
 VOCABULARIES = ("train", "reference")

@@ -7,11 +7,11 @@ import dataclasses
 from absl import flags
 
 from dlrm_jax.config import COMPUTE_DTYPES, DATASETS, MODES, VOCABULARIES, Config, ConfigError
-from dlrm_jax.mesh import parse_mesh_shape
 from dlrm_jax.model.interaction import INTERACTIONS
 from dlrm_jax.optim.sparse import OPTIMIZERS
-from dlrm_jax.planner import PLANS
-from dlrm_jax.specs import POOLINGS
+from dlrm_jax.sharding.mesh import parse_mesh_shape
+from dlrm_jax.sharding.planner import PLANS
+from dlrm_jax.sharding.specs import POOLINGS
 
 _D = Config()  # defaults live in one place: the dataclass
 

@@ -25,8 +25,8 @@ from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.data.store import open_split
 from dlrm_jax.evaluation import evaluate
 from dlrm_jax.faults import Preempted, TrainingDiverged
-from dlrm_jax.planner import plan_table
 from dlrm_jax.preemption import PreemptionGuard
+from dlrm_jax.sharding.planner import plan_table
 from dlrm_jax.timings import Timings
 from dlrm_jax.train_calls import compiled_on_first_call, device_calls, flat_metrics
 from dlrm_jax.train_step import make_eval_step, make_train_step

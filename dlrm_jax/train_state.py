@@ -11,12 +11,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dlrm_jax.embedding import init_buffers
-from dlrm_jax.mesh import MODEL_AXIS
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.dense import dense_optimizer
 from dlrm_jax.optim.sparse import SparseOptimizer
-from dlrm_jax.planner import BUFFER_SPECS, EmbeddingLayout
+from dlrm_jax.sharding.embedding import init_buffers
+from dlrm_jax.sharding.mesh import MODEL_AXIS
+from dlrm_jax.sharding.planner import BUFFER_SPECS, EmbeddingLayout
 
 __all__ = ["TrainState", "create_train_state", "dense_optimizer", "state_shardings", "state_specs"]
 

@@ -11,12 +11,12 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dlrm_jax import collectives
-from dlrm_jax.embedding import lookup, route_gradients
-from dlrm_jax.mesh import BATCH_AXES, MODEL_AXIS, batch_spec
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.sparse import SparseOptimizer
-from dlrm_jax.planner import EmbeddingLayout
+from dlrm_jax.sharding import collectives
+from dlrm_jax.sharding.embedding import lookup, route_gradients
+from dlrm_jax.sharding.mesh import BATCH_AXES, MODEL_AXIS, batch_spec
+from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.train_state import TrainState, state_shardings, state_specs
 
 BATCH_KEYS = ("dense", "sparse", "label", "mask")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from dlrm_jax import checkpointing, table_io
-from dlrm_jax import mesh as mesh_lib
 from dlrm_jax.components import abstract_train_state, build_components, to_global
 from dlrm_jax.config import Config
+from dlrm_jax.sharding import mesh as mesh_lib
 from dlrm_jax.train_state import create_train_state
 from dlrm_jax.train_step import make_eval_step, make_train_step
 

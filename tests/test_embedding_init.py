@@ -3,11 +3,11 @@
 import jax
 import numpy as np
 
-from dlrm_jax.mesh import make_mesh
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.sparse import SparseOptimizer
-from dlrm_jax.planner import build_layout, choose_plans
-from dlrm_jax.specs import table_specs
+from dlrm_jax.sharding.mesh import make_mesh
+from dlrm_jax.sharding.planner import build_layout, choose_plans
+from dlrm_jax.sharding.specs import table_specs
 from dlrm_jax.train_state import create_train_state, dense_optimizer
 
 

@@ -19,7 +19,7 @@ from sharding_testlib import (
   reference_train,
 )
 
-from dlrm_jax.planner import BUFFER_SPECS
+from dlrm_jax.sharding.planner import BUFFER_SPECS
 
 MESHES = [(8,), (2, 4)]
 PLANS = ["table", "row", "column", "replicated", "mixed"]

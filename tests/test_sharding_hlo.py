@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from sharding_testlib import BATCH, DIM, LR, MIXED_OVERRIDES, NAMES, make_batch, model
 
-from dlrm_jax import mesh as mesh_lib
-from dlrm_jax.embedding import exchange_bytes
 from dlrm_jax.optim.sparse import SparseOptimizer
-from dlrm_jax.planner import plan_layout
-from dlrm_jax.specs import table_specs
+from dlrm_jax.sharding import mesh as mesh_lib
+from dlrm_jax.sharding.embedding import exchange_bytes
+from dlrm_jax.sharding.planner import plan_layout
+from dlrm_jax.sharding.specs import table_specs
 from dlrm_jax.train_state import create_train_state, dense_optimizer
 from dlrm_jax.train_step import batch_shardings, make_train_step
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from dlrm_jax.planner import build_layout, choose_plans, plan_layout, plan_table
-from dlrm_jax.specs import table_specs
+from dlrm_jax.sharding.planner import build_layout, choose_plans, plan_layout, plan_table
+from dlrm_jax.sharding.specs import table_specs
 
 # fmt: off
 KAGGLE = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,

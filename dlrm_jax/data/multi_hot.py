@@ -2,7 +2,7 @@
 
 Both write an ordinary preprocessed directory (store.py) whose ``{split}_sparse.npy``
 is ``i32[N, sum(L)]``: feature t's bag in the ``L_t`` consecutive columns from
-``sum(L_0..L_{t-1})``, -1 marking an empty slot (the layout of dlrm_jax/bags.py),
+``sum(L_0..L_{t-1})``, -1 marking an empty slot (the layout of dlrm_jax/sharding/bags.py),
 and whose metadata.json carries ``multi_hot_sizes``. Dense and label arrays are
 the one-hot directory's (hard-linked where possible).
 """

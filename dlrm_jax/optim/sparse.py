@@ -26,7 +26,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from dlrm_jax import collectives
+from dlrm_jax.sharding import collectives
 
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 

@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlrm_jax.planner import EmbeddingLayout
-from dlrm_jax.specs import id_offsets
+from dlrm_jax.sharding.planner import EmbeddingLayout
+from dlrm_jax.sharding.specs import id_offsets
 
 
 def is_multi_hot(layout: EmbeddingLayout) -> bool:

@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dlrm_jax import bags, collectives
-from dlrm_jax.mesh import DATA_AXIS, MODEL_AXIS
-from dlrm_jax.planner import PLANS as PLAN_NAMES
-from dlrm_jax.planner import EmbeddingLayout
+from dlrm_jax.sharding import bags, collectives
+from dlrm_jax.sharding.mesh import DATA_AXIS, MODEL_AXIS
+from dlrm_jax.sharding.planner import PLANS as PLAN_NAMES
+from dlrm_jax.sharding.planner import EmbeddingLayout
 
 
 class RoutedGradients(NamedTuple):

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 
 from jax.sharding import PartitionSpec as P
 
-from dlrm_jax.mesh import MODEL_AXIS
-from dlrm_jax.specs import TableSpec
+from dlrm_jax.sharding.mesh import MODEL_AXIS
+from dlrm_jax.sharding.specs import TableSpec
 
 PLANS = ("table", "row", "column", "replicated")
 BUFFER_OF_PLAN = {
