@@ -37,14 +37,15 @@ from absl import app, flags  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from dlrm_jax import checkpointing, table_io  # noqa: E402
+from dlrm_jax.checkpoint import manager as checkpointing  # noqa: E402
+from dlrm_jax.checkpoint import table_io  # noqa: E402
 from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, SPARSE_NAMES  # noqa: E402
 from dlrm_jax.model.dlrm import DenseModel  # noqa: E402
 from dlrm_jax.optim.sparse import SparseOptimizer  # noqa: E402
 from dlrm_jax.sharding.mesh import make_mesh, model_size  # noqa: E402
 from dlrm_jax.sharding.planner import format_bytes, plan_layout  # noqa: E402
 from dlrm_jax.sharding.specs import table_specs  # noqa: E402
-from dlrm_jax.train_state import create_train_state, dense_optimizer  # noqa: E402
+from dlrm_jax.train.state import create_train_state, dense_optimizer  # noqa: E402
 
 flags.DEFINE_integer("devices", 8, "Fake CPU devices (read before jax starts).")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adagrad", "rowwise_adagrad"], "Table optimizer.")

@@ -37,7 +37,7 @@ def train_rows_per_second(processed: str, batch: int, steps: int = 30, windows: 
   from dlrm_jax.data.store import read_metadata
   from dlrm_jax.sharding.mesh import make_mesh
   from dlrm_jax.sharding.specs import table_specs
-  from dlrm_jax.train_step import batch_shardings
+  from dlrm_jax.train.step import batch_shardings
 
   meta = read_metadata(processed)
   mesh = make_mesh()

@@ -32,8 +32,8 @@ from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.sharding.mesh import make_mesh, model_size
 from dlrm_jax.sharding.planner import plan_layout
 from dlrm_jax.sharding.specs import table_specs
-from dlrm_jax.train_state import create_train_state, dense_optimizer
-from dlrm_jax.train_step import batch_shardings, make_train_step
+from dlrm_jax.train.state import create_train_state, dense_optimizer
+from dlrm_jax.train.step import batch_shardings, make_train_step
 
 flags.DEFINE_list("batch_sizes", ["128", "2048"], "Global batch sizes to measure.")
 flags.DEFINE_integer("steps", 30, "Timed steps per window.")
@@ -135,7 +135,7 @@ def random_batch(rng: np.random.Generator, specs, batch_size: int, mesh) -> dict
 
 
 def random_bag_batch(rng: np.random.Generator, specs, batch_size: int, mesh):
-  """Full bags of uniformly random ids: sparse i32[B, sum(bag sizes)] (layout of bags.py)."""
+  """Full bags of uniformly random ids: sparse i32[B, sum(bag sizes)] (sharding/bags.py)."""
   batch = jax.device_get(random_batch(rng, specs, batch_size, mesh))
   batch["sparse"] = np.concatenate(
     [rng.integers(0, s.rows, (batch_size, s.bag_size)) for s in specs], axis=1

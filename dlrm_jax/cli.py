@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
   try:
     config = dlrm_flags.config_from_flags()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from dlrm_jax.train import train_and_evaluate  # after distributed start-up
+    from dlrm_jax.run.train import train_and_evaluate  # after distributed start-up
 
     if config.mode != "train":
       return run_mode(config)
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
   import jax
 
   if jax.process_index() == 0:
-    from dlrm_jax import plot
+    from dlrm_jax.reporting import plot
 
     try:
       plot_path = plot.write_curves([config.workdir])
@@ -131,7 +131,7 @@ def _seconds(s: float) -> str:
 def run_mode(config: Config) -> int:
   """--mode=eval / predict / export: use a saved model."""
   if config.mode == "eval":
-    from dlrm_jax.inference import run_eval
+    from dlrm_jax.run.inference import run_eval
 
     r = run_eval(config)
     print(
@@ -139,12 +139,12 @@ def run_mode(config: Config) -> int:
       f"{r['accuracy']:.4f}  ({r['num_examples']} examples) from {r['checkpoint']}"
     )
   elif config.mode == "predict":
-    from dlrm_jax.inference import run_predict
+    from dlrm_jax.run.inference import run_predict
 
     r = run_predict(config)
     print(f"predictions for {r['rows']} rows: {r['predictions']} (from {r['checkpoint']})")
   else:
-    from dlrm_jax.export import run_export
+    from dlrm_jax.run.export import run_export
 
     r = run_export(config)
     print(

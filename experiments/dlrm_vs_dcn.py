@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from dlrm_jax import comparison
+import comparison  # experiments/comparison.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "main.py"
@@ -179,7 +179,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def prepare_data(args: argparse.Namespace) -> int:
   """Generates / preprocesses the data once (main.py's own code); returns steps per epoch."""
   from dlrm_jax.config import Config
-  from dlrm_jax.datasets import resolve_dataset
+  from dlrm_jax.data.datasets import resolve_dataset
 
   config = Config(
     dataset=args.dataset,

@@ -14,7 +14,9 @@ SCRIPT_GLOBS = ("benchmarks/*.py", "experiments/*.py")
 
 
 def scripts() -> list[str]:
-  return sorted(str(p.relative_to(REPO)) for g in SCRIPT_GLOBS for p in REPO.glob(g))
+  """Every benchmark and experiment script (a file with a ``__main__`` block; not its helpers)."""
+  paths = (p for g in SCRIPT_GLOBS for p in REPO.glob(g))
+  return sorted(str(p.relative_to(REPO)) for p in paths if "__main__" in p.read_text())
 
 
 def run_in_repo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dlrm_jax.checkpoint.table_io import logical_table
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.sharding import mesh as mesh_lib
 from dlrm_jax.sharding.planner import EmbeddingLayout, plan_layout
 from dlrm_jax.sharding.specs import table_specs
-from dlrm_jax.table_io import logical_table
-from dlrm_jax.train_state import create_train_state, dense_optimizer
-from dlrm_jax.train_step import batch_shardings, make_eval_step, make_train_step
+from dlrm_jax.train.state import create_train_state, dense_optimizer
+from dlrm_jax.train.step import batch_shardings, make_eval_step, make_train_step
 
 DIM = 8  # divisible by 8 and 4: column-wise works on both meshes
 ROWS = (1000, 257, 96, 64, 33, 24, 17, 16)

@@ -7,12 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from dlrm_jax import checkpointing, table_io
-from dlrm_jax.components import abstract_train_state, build_components, to_global
+from dlrm_jax.checkpoint import manager as checkpointing
+from dlrm_jax.checkpoint import table_io
 from dlrm_jax.config import Config
 from dlrm_jax.sharding import mesh as mesh_lib
-from dlrm_jax.train_state import create_train_state
-from dlrm_jax.train_step import make_eval_step, make_train_step
+from dlrm_jax.train.components import abstract_train_state, build_components
+from dlrm_jax.train.state import create_train_state
+from dlrm_jax.train.step import make_eval_step, make_train_step, to_global
 
 SIZES = (40, 7, 100, 33, 16)  # uneven sizes: padding, row chunks, replicated logical specs
 NAMES = tuple(f"C{i + 1}" for i in range(len(SIZES)))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dlrm_jax import checkpointing
+from dlrm_jax.checkpoint import manager as checkpointing
 from dlrm_jax.config import Config
 from dlrm_jax.faults import CheckpointMismatch
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlrm_jax.components import Components, dense_model, parameter_counts
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.model.cross import LowRankCrossNet, VectorCrossNet
 from dlrm_jax.model.dlrm import DenseModel, EmbeddingMLP
+from dlrm_jax.train.components import Components, dense_model, parameter_counts
 
 KAGGLE_ROWS = (
   1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
@@ -280,7 +280,7 @@ def test_reference_depths():
 
 
 def test_checkpoint_of_another_dense_model_is_refused():
-  from dlrm_jax import checkpointing
+  from dlrm_jax.checkpoint import manager as checkpointing
   from dlrm_jax.faults import CheckpointMismatch
 
   def ident(**kw):

@@ -11,11 +11,11 @@ import criteo_reference as ref
 import numpy as np
 import pytest
 
-from dlrm_jax import checkpointing
+from dlrm_jax.checkpoint import manager as checkpointing
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data import bad_rows, preprocess
+from dlrm_jax.data.datasets import check_data_matches_model, resolve_dataset
 from dlrm_jax.data.store import open_split
-from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
 from dlrm_jax.faults import CheckpointMismatch
 
 

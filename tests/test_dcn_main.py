@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from main_runner import run_main
 
-from dlrm_jax import export_loader
-from dlrm_jax.metrics import roc_auc
+from dlrm_jax.run import export_loader
+from dlrm_jax.train.metrics import roc_auc
 
 DIM, T = 8, 26  # experiments/tiny.flags; 26 Criteo tables
 X0 = (T + 1) * DIM

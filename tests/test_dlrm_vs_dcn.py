@@ -8,17 +8,24 @@ import sys
 import main_runner
 import pytest
 
-from dlrm_jax import comparison
+EXPERIMENTS = main_runner.REPO / "experiments"
+SCRIPT = EXPERIMENTS / "dlrm_vs_dcn.py"
 
-SCRIPT = main_runner.REPO / "experiments" / "dlrm_vs_dcn.py"
 
-
-def _script():
-  spec = importlib.util.spec_from_file_location("dlrm_vs_dcn", SCRIPT)
+def _load(name: str):
+  """experiments/<name>.py as module ``name`` (the script imports its sibling ``comparison``)."""
+  spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
   spec.loader.exec_module(module)
   return module
+
+
+comparison = _load("comparison")
+
+
+def _script():
+  return _load("dlrm_vs_dcn")
 
 
 def _train(step, acc):

@@ -8,7 +8,7 @@ from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.sharding.mesh import make_mesh
 from dlrm_jax.sharding.planner import build_layout, choose_plans
 from dlrm_jax.sharding.specs import table_specs
-from dlrm_jax.train_state import create_train_state, dense_optimizer
+from dlrm_jax.train.state import create_train_state, dense_optimizer
 
 
 def test_rows_are_uniform_within_reference_bound():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dlrm_jax.metrics import accuracy, log_loss, roc_auc
+from dlrm_jax.train.metrics import accuracy, log_loss, roc_auc
 
 
 def brute_force_auc(labels, scores):

@@ -1,10 +1,10 @@
-"""curves.png: what dlrm_jax.plot reads from metrics.jsonl, and that it writes a PNG."""
+"""curves.png: what dlrm_jax.reporting.plot reads from metrics.jsonl, and that it writes a PNG."""
 
 import json
 
 import pytest
 
-from dlrm_jax import plot
+from dlrm_jax.reporting import plot
 
 
 def write_metrics(workdir, records):

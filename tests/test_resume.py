@@ -14,7 +14,7 @@ import pytest
 from main_runner import run_main, start_main
 from tensorboard_testlib import assert_events_match_metrics
 
-from dlrm_jax.timings import PHASES
+from dlrm_jax.reporting.timings import PHASES
 
 # Checkpoint every 10 steps, validate at 20 and 40 (tiny.flags), one device.
 ARGS = ("--checkpoint_every_steps=10", "--keep_checkpoints=2")

@@ -30,7 +30,9 @@ def test_script_answers_help(script):
   help_text(script)
 
 
-@pytest.mark.parametrize("command", [("main.py",), ("-m", "dlrm_jax"), ("-m", "dlrm_jax.plot")])
+@pytest.mark.parametrize(
+  "command", [("main.py",), ("-m", "dlrm_jax"), ("-m", "dlrm_jax.reporting.plot")]
+)
 def test_entry_points_answer_help(command):
   help_text(*command)
 

@@ -12,8 +12,8 @@ from dlrm_jax.sharding import mesh as mesh_lib
 from dlrm_jax.sharding.embedding import exchange_bytes
 from dlrm_jax.sharding.planner import plan_layout
 from dlrm_jax.sharding.specs import table_specs
-from dlrm_jax.train_state import create_train_state, dense_optimizer
-from dlrm_jax.train_step import batch_shardings, make_train_step
+from dlrm_jax.train.state import create_train_state, dense_optimizer
+from dlrm_jax.train.step import batch_shardings, make_train_step
 
 # Tables large against the batch (64 examples), so a table-sized collective or
 # temporary cannot hide among the batch-sized ones.

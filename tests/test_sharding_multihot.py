@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sharding_testlib import DIM, ROWS, Sharded, batch_around, reference_logits, reference_train
 
-from dlrm_jax.table_io import logical_table
+from dlrm_jax.checkpoint.table_io import logical_table
 
 BAGS = (3, 1, 4, 2, 1, 5, 2, 3)
 BATCH = 64

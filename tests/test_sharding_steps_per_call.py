@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sharding_testlib import Sharded, make_batch
 
-from dlrm_jax.train_step import batch_shardings, make_train_step
+from dlrm_jax.train.step import batch_shardings, make_train_step
 
 K = 3
 

@@ -4,7 +4,7 @@ import pytest
 from tensorboard_testlib import assert_events_match_metrics, read_events
 
 from dlrm_jax.config import Config
-from dlrm_jax.reporting import MetricsLog
+from dlrm_jax.reporting.metrics_log import MetricsLog
 
 
 def train_record(step, loss):

@@ -13,7 +13,7 @@ import tqdm
 from absl import logging
 
 from dlrm_jax.config import Config
-from dlrm_jax.tensorboard_log import TensorBoardLog
+from dlrm_jax.reporting.tensorboard import TensorBoardLog
 
 
 def announce(message: str) -> None:

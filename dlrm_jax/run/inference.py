@@ -2,17 +2,59 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
-from dlrm_jax.components import Loaded, load
+from dlrm_jax.checkpoint import manager as checkpointing
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data.preprocess import encode_unlabeled
 from dlrm_jax.data.store import SplitArrays, open_split
-from dlrm_jax.evaluation import evaluate, predict_logits
+from dlrm_jax.train.components import Components, abstract_train_state, load_components
+from dlrm_jax.train.evaluation import evaluate, predict_logits
+from dlrm_jax.train.state import TrainState
+from dlrm_jax.train.step import make_eval_step
+
+
+@dataclasses.dataclass
+class Loaded:
+  """A restored model ready to score."""
+
+  components: Components
+  processed_dir: str
+  metadata: dict[str, Any]
+  state: TrainState
+  checkpoint: str
+  eval_step: Any
+
+
+def load(config: Config) -> Loaded:
+  """The model of --checkpoint (latest, best or a path) on this run's mesh and plan."""
+  c, processed, meta = load_components(
+    config, progress=config.progress and jax.process_index() == 0
+  )
+  abstract = abstract_train_state(c)
+  restored = checkpointing.load_for_inference(
+    config.checkpoint,
+    config.workdir,
+    c.layout,
+    abstract,
+    c.mesh,
+    checkpointing.identity(config, meta["sparse_names"], c.table_sizes),
+  )
+  logging.info("loaded %s (step %d)", restored.path, restored.step)
+  return Loaded(
+    c,
+    processed,
+    meta,
+    restored.state,
+    restored.path,
+    make_eval_step(c.model, c.layout, c.mesh, abstract),
+  )
 
 
 def run_eval(config: Config) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from dlrm_jax.sharding.mesh import MODEL_AXIS
 from dlrm_jax.sharding.planner import EmbeddingLayout, TablePlacement
 from dlrm_jax.sharding.specs import TableSpec
-from dlrm_jax.train_state import TrainState, state_shardings
+from dlrm_jax.train.state import TrainState, state_shardings
 
 Logical = dict[str, Any]  # {"tables": {name: f32[rows, dim]}, "slots": {name: {slot: array}}}
 

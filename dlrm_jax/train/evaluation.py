@@ -8,11 +8,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dlrm_jax import metrics as metrics_lib
-from dlrm_jax.components import Components, to_global
 from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.data.store import SplitArrays, open_split
-from dlrm_jax.train_state import TrainState
+from dlrm_jax.train import metrics as metrics_lib
+from dlrm_jax.train.components import Components
+from dlrm_jax.train.state import TrainState
+from dlrm_jax.train.step import to_global
 
 
 def _local_rows(out: jax.Array) -> list[jax.Array]:

@@ -18,13 +18,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers as policies
 
-from dlrm_jax import checkpoint_tree
-from dlrm_jax.checkpoint_tree import layout_meta as layout_meta
-from dlrm_jax.checkpoint_tree import make_snapshot as make_snapshot
+from dlrm_jax.checkpoint import tree as checkpoint_tree
+from dlrm_jax.checkpoint.tree import layout_meta as layout_meta
+from dlrm_jax.checkpoint.tree import make_snapshot as make_snapshot
 from dlrm_jax.config import Config
 from dlrm_jax.faults import CheckpointError, CheckpointMismatch
 from dlrm_jax.sharding.planner import EmbeddingLayout
-from dlrm_jax.train_state import TrainState
+from dlrm_jax.train.state import TrainState
 
 FORMAT = "dlrm_jax/checkpoint/2"  # 2: fused buffers as trained + the layout; 1: logical tables
 READABLE_FORMATS = (FORMAT, "dlrm_jax/checkpoint/1")

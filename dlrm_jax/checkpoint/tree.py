@@ -15,9 +15,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dlrm_jax import table_io
+from dlrm_jax.checkpoint import table_io
 from dlrm_jax.sharding.planner import EmbeddingLayout
-from dlrm_jax.train_state import TrainState, state_shardings
+from dlrm_jax.train.state import TrainState, state_shardings
 
 
 def _sds(x, sharding) -> jax.ShapeDtypeStruct:

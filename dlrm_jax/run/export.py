@@ -13,10 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dlrm_jax import checkpointing, export_loader, table_io
-from dlrm_jax.components import load
+from dlrm_jax.checkpoint import manager as checkpointing
+from dlrm_jax.checkpoint import table_io
 from dlrm_jax.config import Config
 from dlrm_jax.model.dlrm import DenseModel
+from dlrm_jax.run import export_loader
+from dlrm_jax.run.inference import load
 
 PLATFORMS = ("cpu", "cuda")
 

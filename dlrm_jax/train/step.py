@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
@@ -17,7 +18,7 @@ from dlrm_jax.sharding import collectives
 from dlrm_jax.sharding.embedding import lookup, route_gradients
 from dlrm_jax.sharding.mesh import BATCH_AXES, MODEL_AXIS, batch_spec
 from dlrm_jax.sharding.planner import EmbeddingLayout
-from dlrm_jax.train_state import TrainState, state_shardings, state_specs
+from dlrm_jax.train.state import TrainState, state_shardings, state_specs
 
 BATCH_KEYS = ("dense", "sparse", "label", "mask")
 
@@ -25,6 +26,14 @@ BATCH_KEYS = ("dense", "sparse", "label", "mask")
 def batch_shardings(mesh: Mesh, stacked: bool = False) -> dict[str, NamedSharding]:
   """Shardings of a batch, or (``stacked``) of [K, B, ...] batches for one multi-step call."""
   return {k: NamedSharding(mesh, _batch_spec(stacked)) for k in BATCH_KEYS}
+
+
+def to_global(
+  batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False
+) -> dict[str, jax.Array]:
+  """Host-local NumPy slices -> global batch-sharded jax.Arrays (``stacked``: [K, b, ...])."""
+  shardings = batch_shardings(mesh, stacked)
+  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
 
 def _batch_spec(stacked: bool) -> P:

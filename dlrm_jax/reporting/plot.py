@@ -1,4 +1,7 @@
-"""curves.png from metrics.jsonl: python -m dlrm_jax.plot WORKDIR [WORKDIR ...] [--out FILE]."""
+"""curves.png from metrics.jsonl.
+
+python -m dlrm_jax.reporting.plot WORKDIR [WORKDIR ...] [--out FILE]
+"""
 
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def write_curves(workdirs: list[str], out: str | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-    prog="python -m dlrm_jax.plot",
+    prog="python -m dlrm_jax.reporting.plot",
     description="Training loss and validation AUC against step, from each WORKDIR's "
     "metrics.jsonl, several runs side by side.",
   )

@@ -13,22 +13,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from dlrm_jax import checkpointing
 from dlrm_jax.config import Config
+from dlrm_jax.data.datasets import check_data_matches_model, resolve_dataset
 from dlrm_jax.data.loader import check_batch_ids
-from dlrm_jax.datasets import check_data_matches_model, resolve_dataset
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim import schedules
 from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.sharding import mesh as mesh_lib
 from dlrm_jax.sharding.planner import EmbeddingLayout, plan_layout
 from dlrm_jax.sharding.specs import table_specs
-from dlrm_jax.train_state import TrainState, create_train_state, dense_optimizer
-from dlrm_jax.train_step import batch_shardings, make_eval_step
+from dlrm_jax.train.state import TrainState, create_train_state, dense_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,14 +121,6 @@ def parameter_counts(c: Components, num_dense: int = 13) -> dict[str, int]:
   return {"dense": dense, "embedding": embedding, "total": dense + embedding}
 
 
-def to_global(
-  batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False
-) -> dict[str, jax.Array]:
-  """Host-local NumPy slices -> global batch-sharded jax.Arrays (``stacked``: [K, b, ...])."""
-  shardings = batch_shardings(mesh, stacked)
-  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
-
-
 def abstract_train_state(c: Components) -> TrainState:
   """Shapes and dtypes of the TrainState ``c`` would create; allocates nothing."""
   return jax.eval_shape(
@@ -155,42 +144,6 @@ def load_components(config: Config, *, progress: bool) -> tuple[Components, str,
   c = build_components(config, mesh, meta["table_sizes"], meta["sparse_names"])
   check_data_matches_model(config, processed, meta)  # before any id reaches a table
   return c, processed, meta
-
-
-def identity_of(c: Components, meta: dict[str, Any]) -> dict[str, Any]:
-  return checkpointing.identity(c.config, meta["sparse_names"], c.table_sizes)
-
-
-@dataclasses.dataclass
-class Loaded:
-  """A restored model ready to score."""
-
-  components: Components
-  processed_dir: str
-  metadata: dict[str, Any]
-  state: TrainState
-  checkpoint: str
-  eval_step: Any
-
-
-def load(config: Config) -> Loaded:
-  """The model of --checkpoint (latest, best or a path) on this run's mesh and plan."""
-  c, processed, meta = load_components(
-    config, progress=config.progress and jax.process_index() == 0
-  )
-  abstract = abstract_train_state(c)
-  restored = checkpointing.load_for_inference(
-    config.checkpoint, config.workdir, c.layout, abstract, c.mesh, identity_of(c, meta)
-  )
-  logging.info("loaded %s (step %d)", restored.path, restored.step)
-  return Loaded(
-    c,
-    processed,
-    meta,
-    restored.state,
-    restored.path,
-    make_eval_step(c.model, c.layout, c.mesh, abstract),
-  )
 
 
 def initial_state(c: Components) -> TrainState:

@@ -8,9 +8,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlrm_jax.components import Components, to_global
 from dlrm_jax.data.loader import BatchLoader
-from dlrm_jax.timings import Timings
+from dlrm_jax.reporting.timings import Timings
+from dlrm_jax.train.components import Components
+from dlrm_jax.train.step import to_global
 
 
 def flat_metrics(values: list) -> np.ndarray:

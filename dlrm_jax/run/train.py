@@ -10,26 +10,26 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dlrm_jax import checkpointing, reporting
-from dlrm_jax.components import (
-  Components,
-  abstract_train_state,
-  identity_of,
-  initial_state,
-  load_components,
-  parameter_counts,
-)
+from dlrm_jax.checkpoint import manager as checkpointing
 from dlrm_jax.config import Config
 from dlrm_jax.data import prefetch
 from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.data.store import open_split
-from dlrm_jax.evaluation import evaluate
 from dlrm_jax.faults import Preempted, TrainingDiverged
-from dlrm_jax.preemption import PreemptionGuard
+from dlrm_jax.reporting import metrics_log as reporting
+from dlrm_jax.reporting.timings import Timings
+from dlrm_jax.run.preemption import PreemptionGuard
 from dlrm_jax.sharding.planner import plan_table
-from dlrm_jax.timings import Timings
-from dlrm_jax.train_calls import compiled_on_first_call, device_calls, flat_metrics
-from dlrm_jax.train_step import make_eval_step, make_train_step
+from dlrm_jax.train.calls import compiled_on_first_call, device_calls, flat_metrics
+from dlrm_jax.train.components import (
+  Components,
+  abstract_train_state,
+  initial_state,
+  load_components,
+  parameter_counts,
+)
+from dlrm_jax.train.evaluation import evaluate
+from dlrm_jax.train.step import make_eval_step, make_train_step
 
 
 def train_and_evaluate(config: Config) -> dict[str, Any]:
@@ -62,9 +62,17 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   total_steps = config.max_steps or config.num_epochs * train_loader.batches_per_epoch
 
   store = checkpointing.CheckpointStore(config.workdir, keep=config.keep_checkpoints)
+  identity = checkpointing.identity(config, meta["sparse_names"], c.table_sizes)
   try:
     return _train(
-      c, processed, best, train_loader, total_steps, store, identity_of(c, meta), timings
+      c,
+      processed,
+      best,
+      train_loader,
+      total_steps,
+      store,
+      identity,
+      timings,
     )
   finally:
     store.wait()  # an asynchronous save must be complete before the process exits
