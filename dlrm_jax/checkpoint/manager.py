@@ -286,14 +286,18 @@ class CheckpointStore:
     layout: EmbeddingLayout,
     abstract_state: TrainState,
     mesh: Mesh,
-    ident: dict,
+    ident: dict | None,
     *,
     resume: bool,
   ) -> Restored:
-    """Restores ``step`` onto ``mesh`` and ``layout``; raises on damage or mismatch."""
+    """Restores ``step`` onto ``mesh`` and ``layout``; raises on damage or mismatch.
+
+    ``ident`` None (a library user's state, no Config): the layout's shapes are the only check.
+    """
     path = self.step_path(step)
     meta = self.read_meta(step)
-    check_compatible(meta, ident, path, resume=resume)
+    if ident is not None:
+      check_compatible(meta, ident, path, resume=resume)
     if not meta.get("finite", False):
       raise CheckpointError(f"{path}: marked as holding non-finite values")
     target, saved = checkpoint_tree.restore_target(meta, layout, abstract_state, mesh)
