@@ -79,6 +79,8 @@ def test_predict_then_export_round_trip(trained, tmp_path):
   proc = run(work, data, "--mode=predict", "--checkpoint=best")
   best = proc.stdout.split("(from ")[1].split(")")[0]
   assert best.startswith(f"{work}/checkpoints/")
+  # A read-only restore is what predict asks for: Orbax's notices about it are not shown.
+  assert "read only" not in proc.stderr and "read_only" not in proc.stderr, proc.stderr
   lines = (work / "predictions_test.csv").read_text().splitlines()
   assert lines[0] == "Id,Predicted"
   table = np.loadtxt(lines[1:], delimiter=",")

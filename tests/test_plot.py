@@ -48,3 +48,30 @@ def test_missing_or_broken_metrics_are_named(tmp_path, capsys):
   (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "lo\n')
   with pytest.raises(ValueError, match="bad/metrics.jsonl:2"):
     plot.read_curves(str(tmp_path / "bad"))
+
+
+def texts(ax):
+  return " ".join(t.get_text() for t in ax.texts)
+
+
+def test_few_points_get_markers_and_a_note_when_there_is_no_curve(tmp_path):
+  """A short run (one logged loss, one validation point) still shows its points, and says why."""
+  write_metrics(tmp_path / "short", [RECORDS[1], RECORDS[2]])
+  write_metrics(tmp_path / "ok", RECORDS)
+  runs = [plot.read_curves(str(tmp_path / d)) for d in ("short", "ok")]
+  loss_ax, auc_ax = plot.figure(runs).axes
+  for ax in (loss_ax, auc_ax):
+    short, ok = (line for line in ax.get_lines() if line.get_linestyle() != "--")
+    assert short.get_marker() == "o" and ok.get_marker() == "o"  # 1 and 2-3 points: markers
+    assert "run too short to have a curve" in texts(ax) and "short: 1 point(s)" in texts(ax)
+    assert "ok:" not in texts(ax)
+
+
+def test_long_runs_have_plain_lines_and_no_note(tmp_path):
+  n = plot.MARKERS_BELOW
+  write_metrics(tmp_path / "long", [{"step": s, "loss": 1.0 / s} for s in range(1, n + 1)])
+  loss_ax, auc_ax = plot.figure([plot.read_curves(str(tmp_path / "long"))]).axes
+  (line,) = loss_ax.get_lines()
+  assert line.get_marker() in ("None", "", None) and len(line.get_xdata()) == n
+  assert texts(loss_ax) == ""
+  assert "long: 0 point(s)" in texts(auc_ax)  # no validation at all

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging as logging_lib
 import os
 import shutil
 from collections.abc import Sequence
@@ -142,6 +144,26 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
     )
 
 
+class _DropReadOnlyNotice(logging_lib.Filter):
+  """Drops Orbax's "Given directory is read only" warning; eval, predict and export ask for it."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice(read_only: bool):
+  """While a read-only manager is built; every other warning still reaches the user."""
+  notice = _DropReadOnlyNotice()
+  absl_logger = logging_lib.getLogger("absl")  # Orbax logs through absl's Python logger
+  if read_only:
+    absl_logger.addFilter(notice)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(notice)
+
+
 def _is_chief() -> bool:
   return jax.process_index() == 0
 
@@ -167,6 +189,8 @@ class CheckpointStore:
     )
     options = ocp.CheckpointManagerOptions(
       preservation_policy=policy,
+      # 0 when read-only: Orbax would otherwise warn that it sets it to 0 itself.
+      save_interval_steps=0 if read_only else 1,
       enable_async_checkpointing=True,
       read_only=read_only,
       create=not read_only,
@@ -174,7 +198,8 @@ class CheckpointStore:
     )
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointError(f"no checkpoints at {self.directory}")
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    with _quiet_read_only_notice(read_only):
+      self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def _note(self, message: str) -> None:
     logging.warning("%s", message)
@@ -261,14 +286,18 @@ class CheckpointStore:
     layout: EmbeddingLayout,
     abstract_state: TrainState,
     mesh: Mesh,
-    ident: dict,
+    ident: dict | None,
     *,
     resume: bool,
   ) -> Restored:
-    """Restores ``step`` onto ``mesh`` and ``layout``; raises on damage or mismatch."""
+    """Restores ``step`` onto ``mesh`` and ``layout``; raises on damage or mismatch.
+
+    ``ident`` None (a library user's state, no Config): the layout's shapes are the only check.
+    """
     path = self.step_path(step)
     meta = self.read_meta(step)
-    check_compatible(meta, ident, path, resume=resume)
+    if ident is not None:
+      check_compatible(meta, ident, path, resume=resume)
     if not meta.get("finite", False):
       raise CheckpointError(f"{path}: marked as holding non-finite values")
     target, saved = checkpoint_tree.restore_target(meta, layout, abstract_state, mesh)

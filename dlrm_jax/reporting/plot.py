@@ -47,16 +47,37 @@ def read_curves(workdir: str, name: str | None = None) -> Curves:
   return curves
 
 
-def draw(runs: list[Curves], out: str) -> str:
-  """Writes a two-panel PNG (training loss; validation AUC) to ``out``; returns ``out``."""
+# Series with fewer points than this get a marker on every point: a line alone would hide how
+# few there are, and a line of one point is not drawn at all.
+MARKERS_BELOW = 20
+
+
+def _style(n: int) -> dict:
+  return {"marker": "o", "markersize": 4} if n < MARKERS_BELOW else {}
+
+
+def _too_short(runs: list[Curves], steps_of) -> str | None:
+  """The note for runs with fewer than two points in a panel (no curve to draw), or None."""
+  short = [f"{r.name}: {len(steps_of(r))} point(s)" for r in runs if len(steps_of(r)) < 2]
+  if not short:
+    return None
+  return "run too short to have a curve\n" + "\n".join(short)
+
+
+def figure(runs: list[Curves]):
+  """The two-panel matplotlib Figure (training loss; validation AUC) of ``runs``."""
   from matplotlib.figure import Figure  # no pyplot: no GUI backend, safe headless
 
   fig = Figure(figsize=(11, 4), layout="constrained")
   loss_ax, auc_ax = fig.subplots(1, 2)
   for i, run in enumerate(runs):
     color = f"C{i % 10}"
-    loss_ax.plot(run.train_steps, run.train_loss, color=color, label=run.name)
-    auc_ax.plot(run.val_steps, run.val_auc, "o-", color=color, label=run.name)
+    loss_ax.plot(
+      run.train_steps, run.train_loss, color=color, label=run.name, **_style(len(run.train_steps))
+    )
+    auc_ax.plot(
+      run.val_steps, run.val_auc, color=color, label=run.name, **_style(len(run.val_steps))
+    )
     if run.best_possible_auc is not None:
       auc_ax.axhline(
         run.best_possible_auc,
@@ -67,10 +88,21 @@ def draw(runs: list[Curves], out: str) -> str:
       )
   loss_ax.set(xlabel="step", ylabel="training loss (log loss)", title="training loss")
   auc_ax.set(xlabel="step", ylabel="AUC", title="validation AUC")
-  for ax in (loss_ax, auc_ax):
+  panels = ((loss_ax, lambda r: r.train_steps), (auc_ax, lambda r: r.val_steps))
+  for ax, steps_of in panels:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize="small")
+    note = _too_short(runs, steps_of)
+    if note:
+      # Where the curve would be; a short run logs too rarely (--log_every_steps) to draw one.
+      ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="0.4")
+  return fig
+
+
+def draw(runs: list[Curves], out: str) -> str:
+  """Writes a two-panel PNG (training loss; validation AUC) to ``out``; returns ``out``."""
+  fig = figure(runs)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   fig.savefig(out, dpi=100)
   return out
