@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dlrm_jax.optim.sparse import OPTIMIZERS, SparseOptimizer
-from dlrm_jax.sharding.embedding import exchange_bytes
+from dlrm_jax.sharding.exchange import exchange_bytes
 from dlrm_jax.sharding.planner import plan_layout
 from dlrm_jax.sharding.specs import table_specs
 

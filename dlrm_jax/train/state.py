@@ -14,9 +14,9 @@ from jax.sharding import PartitionSpec as P
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.dense import dense_optimizer
 from dlrm_jax.optim.sparse import SparseOptimizer
-from dlrm_jax.sharding.embedding import init_buffers
 from dlrm_jax.sharding.mesh import MODEL_AXIS
 from dlrm_jax.sharding.planner import BUFFER_SPECS, EmbeddingLayout
+from dlrm_jax.sharding.table_init import init_buffers
 
 __all__ = ["TrainState", "create_train_state", "dense_optimizer", "state_shardings", "state_specs"]
 
