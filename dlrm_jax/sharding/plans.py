@@ -169,7 +169,8 @@ class TableWise(Plan):
   def lookup(self, layout, features, buffer, ids, ids_m):
     rows, valid = self.owned(layout, ids_m)
     local = _masked_take(buffer, rows, valid)  # [b*M, P, D]
-    local = bags.pool(local, bags.table_wise_positions(layout).widths)  # [b*M, S, D]
+    k = lax.axis_index(MODEL_AXIS)
+    local = bags.pool_table_wise(local, bags.table_wise_positions(layout), k)  # [b*M, S, D]
     received = collectives.all_to_all(local, MODEL_AXIS, 0, 1)  # [b, M*S, D]
     return received[:, self.result_columns(layout, features)]
 
@@ -185,7 +186,8 @@ class TableWise(Plan):
     mine = collectives.all_to_all(send, MODEL_AXIS, 1, 0)  # [b*M, S, D]
     rows, valid = self.owned(layout, ids_m)  # [b*M, P]
     rows, mine, valid = _gather_over_data(rows, mine, valid)
-    mine = bags.spread(mine, bags.table_wise_positions(layout).widths)
+    k = lax.axis_index(MODEL_AXIS)
+    mine = bags.spread_table_wise(mine, bags.table_wise_positions(layout), k)
     return _flatten(rows, mine, valid)
 
   def locate(self, p, k, r):
@@ -197,7 +199,7 @@ class TableWise(Plan):
 
   def traffic(self, layout, features, id_bytes, value_bytes):
     s, per_row = max(layout.table_slots, 1), layout.dim * value_bytes
-    slots = sum(bags.table_wise_positions(layout).widths)
+    slots = bags.table_wise_positions(layout).cols.shape[1]
     # Routed rows carry a validity byte: some slots belong to no table.
     return Traffic(s, s, 0, s * per_row + slots * (id_bytes + 1))
 
