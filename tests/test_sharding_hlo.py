@@ -9,7 +9,7 @@ from sharding_testlib import BATCH, DIM, LR, MIXED_OVERRIDES, NAMES, make_batch,
 
 from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.sharding import mesh as mesh_lib
-from dlrm_jax.sharding.embedding import exchange_bytes
+from dlrm_jax.sharding.exchange import exchange_bytes
 from dlrm_jax.sharding.planner import plan_layout
 from dlrm_jax.sharding.specs import table_specs
 from dlrm_jax.train.state import create_train_state, dense_optimizer

@@ -20,9 +20,13 @@ feature) scale (``mean_scale``) applied after the exchange, and again to the
 gradient before it.
 
 Table-wise tables: owner k's tables are ordered by bag size (largest first) and
-position j of every owner gathers ``W_j = max_k L_{k,j}`` ids (the extra ones
-masked), so all owners run one static program; the planner balances ids per
-shard, which keeps that padding small.
+every owner runs one static program of P id slots. Where owners' bags differ,
+each owner packs its own bags back to back (P = the most ids an owner uses) and
+pools them with a per-owner one-hot matrix; the alternative, position j of every
+owner gathering ``W_j = max_k L_{k,j}`` ids, padded MLPerf's bags on 8 owners to
+118 slots where the owners use 3..100 ids (benchmarks/sharding_plan.py
+--multi_hot). Where the two agree (one-hot, equal bags) the static per-position
+pooling is kept. The planner balances ids per shard, which keeps P small.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.sharding.specs import id_offsets
@@ -68,14 +73,19 @@ class TableWisePositions(NamedTuple):
   cols: i32[M, P] sparse column of id slot p (0 where unused).
   offset: i32[M, P] buffer offset of the table of id slot p.
   used: bool[M, P] whether owner k uses id slot p.
-  widths: id slots of each position, ``W_j`` (sum P).
+  segment: i32[M, P] position j of the bag id slot p belongs to (-1: unused).
+  widths: the most ids of position j over the owners, ``W_j``.
+  packed: each owner's bags back to back (P = most ids of an owner), pooled per
+    owner; else position j spans ``W_j`` slots on every owner (P = sum W_j).
   """
 
   feature: np.ndarray
   cols: np.ndarray
   offset: np.ndarray
   used: np.ndarray
+  segment: np.ndarray
   widths: tuple[int, ...]
+  packed: bool
 
   def position(self, f: int, owner: int) -> int:
     """Index of feature ``f`` in the all_to_all result ``[b, M * S]``."""
@@ -94,20 +104,41 @@ def table_wise_positions(layout: EmbeddingLayout) -> TableWisePositions:
       owned[p.owner].append((p.slot, f))
   order = [[f for _, f in sorted(o, key=lambda sf: (-sizes[sf[1]], sf[0]))] for o in owned]
   widths = tuple(max((sizes[o[j]] for o in order if j < len(o)), default=1) for j in range(s))
-  starts = id_offsets(widths)
-  p_total = sum(widths)
+  by_owner = max(sum(sizes[f] for f in o) for o in order)
+  packed = 0 < by_owner < sum(widths)
+  p_total = by_owner if packed else sum(widths)
   feature = np.full((m, s), -1, np.int32)
   cols = np.zeros((m, p_total), np.int32)
   offset = np.zeros((m, p_total), np.int32)
   used = np.zeros((m, p_total), bool)
+  segment = np.full((m, p_total), -1, np.int32)
   for k, feats in enumerate(order):
+    starts = id_offsets([sizes[f] for f in feats] if packed else widths)
     for j, f in enumerate(feats):
       a, n = starts[j], sizes[f]
       feature[k, j] = f
       cols[k, a : a + n] = offsets[f] + np.arange(n)
       offset[k, a : a + n] = layout.placements[f].offset
       used[k, a : a + n] = True
-  return TableWisePositions(feature, cols, offset, used, widths)
+      segment[k, a : a + n] = j
+  return TableWisePositions(feature, cols, offset, used, segment, widths, packed)
+
+
+def pool_table_wise(x: jax.Array, tw: TableWisePositions, owner: jax.Array) -> jax.Array:
+  """``pool`` for table-wise slots of model shard ``owner``: f32[n, P, d] -> f32[n, S, d]."""
+  if not tw.packed:
+    return pool(x, tw.widths)
+  s = tw.feature.shape[1]
+  # Unused slots belong to no position; their values are zeros anyway.
+  onehot = (tw.segment[:, :, None] == np.arange(s)[None, None, :]).astype(np.float32)
+  return jnp.einsum("npd,ps->nsd", x, jnp.asarray(onehot)[owner], precision=lax.Precision.HIGHEST)
+
+
+def spread_table_wise(g: jax.Array, tw: TableWisePositions, owner: jax.Array) -> jax.Array:
+  """The transpose of ``pool_table_wise``: f32[n, S, d] -> f32[n, P, d] (unused slots: any bag)."""
+  if not tw.packed:
+    return spread(g, tw.widths)
+  return jnp.take(g, jnp.asarray(np.maximum(tw.segment, 0))[owner], axis=1)
 
 
 def pool(x: jax.Array, widths: tuple[int, ...]) -> jax.Array:

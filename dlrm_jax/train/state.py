@@ -14,9 +14,9 @@ from jax.sharding import PartitionSpec as P
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.dense import dense_optimizer
 from dlrm_jax.optim.sparse import SparseOptimizer
-from dlrm_jax.sharding.embedding import init_buffers
 from dlrm_jax.sharding.mesh import MODEL_AXIS
 from dlrm_jax.sharding.planner import BUFFER_SPECS, EmbeddingLayout
+from dlrm_jax.sharding.table_init import init_tables
 
 __all__ = ["TrainState", "create_train_state", "dense_optimizer", "state_shardings", "state_specs"]
 
@@ -69,14 +69,7 @@ def create_train_state(
   num_dense: int = 13,
 ) -> TrainState:
   """Initialises every array directly in its sharding; no table passes through the host."""
-  table_specs = {name: BUFFER_SPECS[name] for name in layout.buffer_shapes()}
-  make_tables = jax.shard_map(
-    lambda k: init_buffers(layout, k),
-    mesh=mesh,
-    in_specs=P(),
-    out_specs=table_specs,
-    check_vma=False,
-  )
+  make_tables = init_tables(layout, mesh)
 
   def init(key):
     dense_key, table_key = jax.random.split(key)

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.sharding import collectives
-from dlrm_jax.sharding.embedding import lookup, route_gradients
+from dlrm_jax.sharding.exchange import lookup, route_gradients
 from dlrm_jax.sharding.mesh import BATCH_AXES, MODEL_AXIS, batch_spec
 from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.train.state import TrainState, state_shardings, state_specs
