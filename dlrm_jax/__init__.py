@@ -33,8 +33,8 @@ _EXPORTS = {
   "EmbeddingLayout": "dlrm_jax.sharding.planner",
   "plan_layout": "dlrm_jax.sharding.planner",
   "plan_table": "dlrm_jax.sharding.planner",
-  "lookup": "dlrm_jax.sharding.embedding",
-  "route_gradients": "dlrm_jax.sharding.embedding",
+  "lookup": "dlrm_jax.sharding.exchange",
+  "route_gradients": "dlrm_jax.sharding.exchange",
   # Optimizers (optim/)
   "SparseOptimizer": "dlrm_jax.optim.sparse",
   "dense_optimizer": "dlrm_jax.optim.dense",
