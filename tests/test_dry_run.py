@@ -7,7 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from main_runner import REPO, main_env
+from main_runner import REPO, main_env, run_main
 
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data import criteo_format as cf
@@ -55,7 +55,7 @@ def test_over_the_limit_exits_2_naming_the_program_and_device(capsys):
   # Dense layers of 64 MiB, tables of 1000 rows: the planner accepts 10 MiB, the init does not.
   config = dataclasses.replace(SMALL, top_mlp=(4096, 4096, 1), device_memory_gb=0.01)
   assert dr.dry_run(config) == dr.EXIT_OVER
-  out = capsys.readouterr().out
+  out = capsys.readouterr().err
   assert "error: does not fit: program 'init' needs" in out
   assert "every device (0-7" in out and "over --device_memory_gb=0.01" in out
 
@@ -63,9 +63,9 @@ def test_over_the_limit_exits_2_naming_the_program_and_device(capsys):
 def test_planner_refusal_still_shows_the_compiler_figures(capsys):
   config = dataclasses.replace(SMALL, device_memory_gb=1e-6)
   assert dr.dry_run(config) == dr.EXIT_OVER
-  out = capsys.readouterr().out
-  assert "the planner refuses --device_memory_gb=1e-06" in out
-  assert "\n  train (K=4) " in out
+  out = capsys.readouterr()
+  assert "the planner refuses --device_memory_gb=1e-06" in out.err
+  assert "\n  train (K=4) " in out.out
 
 
 def _hand_shard_bytes(c, state) -> int:
@@ -92,7 +92,8 @@ def test_compiler_arguments_equal_the_state_and_batch_computed_by_hand(optimizer
   config = dataclasses.replace(SMALL, optimizer=optimizer, table_sharding=(("C1", "column"),))
   c, _ = dr.build(config, jax.devices()[:8])
   state = abstract_train_state(c)
-  programs = {p.name: p for p in memory_plan.compile_programs(c, state)}
+  figures, _ = memory_plan.compile_programs(c, state)
+  programs = {p.name: p for p in figures}
   want_state = _hand_shard_bytes(c, state)
   ids = len(cf.SPARSE_NAMES)
   per_example = 4 * (cf.NUM_DENSE + ids + 2)  # dense, sparse, label, mask; 4 bytes each
@@ -143,3 +144,16 @@ def test_published_sizes():
     dataclasses.replace(SMALL, dataset="terabyte", max_ind_range=10_000_000)
   )
   assert max(capped) == 10_000_000 and "upper bounds" in source
+
+
+def test_a_real_run_checks_before_it_allocates(tmp_path):
+  data = tmp_path / "data"
+  r = run_main(tmp_path / "fits", data, "--device_memory_gb=1", "--max_steps=4", devices=2)
+  assert r.returncode == 0, r.stderr
+  # Dense layers of 64 MiB: the planner accepts the tables, the compiler refuses the init.
+  r = run_main(
+    tmp_path / "over", data, "--device_memory_gb=0.01", "--top_mlp=4096,4096,1", devices=2
+  )
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+  assert "error: program 'init' needs" in r.stderr and "add --dry_run" in r.stderr
+  assert "finished" not in r.stdout

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
+from typing import Any
 
 import jax
 
@@ -113,23 +115,40 @@ def build(config: Config, devices: list[jax.Device]) -> tuple[Components, str | 
     return build_components(unlimited, mesh, sizes, names), str(e)
 
 
-def memory_check(c: Components, limit: float) -> tuple[list[memory_plan.ProgramMemory], str | None]:
-  """(every program's figures, the first over ``limit`` GiB (--device_memory_gb) as a message).
+def memory_check(
+  c: Components, limit: float, programs: dict | None = None
+) -> tuple[list[memory_plan.ProgramMemory], str | None, Any]:
+  """(every program's figures, the first over ``limit`` GiB as a message or None, compiled init).
 
-  ``c.config`` may have been planned without the limit (``build``): it is passed on its own.
+  ``limit`` is --device_memory_gb (``c.config`` may have been planned without it,
+  ``build``); ``programs``: the run's own (``memory_plan.run_programs``).
   """
-  programs = memory_plan.compile_programs(c, abstract_train_state(c))
-  over = memory_plan.over_limit(programs, int(limit * 2**30)) if limit else []
+  figures, init = memory_plan.compile_programs(c, abstract_train_state(c), programs)
+  over = memory_plan.over_limit(figures, int(limit * 2**30)) if limit else []
   if not over:
-    return programs, None
+    return figures, None, init
   p = over[0]
   n = c.mesh.devices.size
   where = "device 0" if n == 1 else f"every device (0-{n - 1}; the same SPMD program)"
-  return programs, (
+  return (
+    figures,
     f"program {p.name!r} needs {format_bytes(p.peak)} on {where}, "
     f"{format_bytes(p.peak - limit * 2**30)} over --device_memory_gb={limit:g} "
-    f"({', '.join(q.name for q in over)} over in all)"
+    f"({', '.join(q.name for q in over)} over in all)",
+    init,
   )
+
+
+def check_before_allocating(c: Components, programs: dict) -> Any:
+  """A real run's check (--device_memory_gb set): ConfigError if a program does not fit.
+
+  Compiles ``programs`` (the run's own, which then reuse the executables) and
+  the init; returns the compiled init, ``init(key) -> TrainState``.
+  """
+  _, over, init = memory_check(c, c.config.device_memory_gb, programs)
+  if over:
+    raise ConfigError(f"{over}; the dry run shows every program: add --dry_run")
+  return init
 
 
 def dry_run(config: Config) -> int:
@@ -142,7 +161,7 @@ def dry_run(config: Config) -> int:
   print(f"dry run: mesh {dict(c.mesh.shape)} on {where}")
   print(f"tables: {source}")
   print(plan_table(c.layout, slot_floats))
-  programs, over = memory_check(c, config.device_memory_gb)
+  programs, over, _ = memory_check(c, config.device_memory_gb)
   state = memory_plan.state_breakdown(memory_plan.abstract_state(c, abstract_train_state(c)))
   planner = c.layout.shard_bytes(slot_floats)[0]
   print(memory_plan.table_text(programs, state, planner, len(devices)))
@@ -150,9 +169,9 @@ def dry_run(config: Config) -> int:
     print("(figures from XLA:CPU's buffer assignment; a GPU's temporaries differ somewhat)")
   limit = config.device_memory_gb
   if refused:
-    print(f"error: the planner refuses --device_memory_gb={limit:g}: {refused}")
+    print(f"error: the planner refuses --device_memory_gb={limit:g}: {refused}", file=sys.stderr)
   if over:
-    print(f"error: does not fit: {over}")
+    print(f"error: does not fit: {over}", file=sys.stderr)
   if refused or over:
     return EXIT_OVER
   peak = max(p.peak for p in programs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -103,37 +104,66 @@ def _figures(name: str, compiled, held: int = 0) -> ProgramMemory:
   )
 
 
-def compile_programs(c: Components, abstract: TrainState) -> list[ProgramMemory]:
+def run_programs(c: Components, abstract: TrainState) -> dict[str, Callable]:
+  """A run's jitted programs by role: "train" (K steps), "train 1 step" (K > 1), "eval", and
+  "checkpoint" (``make_snapshot``'s function; its ``device_program`` runs on the devices).
+
+  A run that compiles them through ``compile_programs`` first calls the same
+  objects afterwards: JAX's caches then hand it the executables compiled here.
+  """
+  model, layout, mesh, k = c.model, c.layout, c.mesh, c.config.resolved_steps_per_call
+  programs = {"train": make_train_step(model, layout, c.sparse_opt, c.dense_tx, mesh, abstract, k)}
+  if k > 1:
+    programs["train 1 step"] = make_train_step(
+      model, layout, c.sparse_opt, c.dense_tx, mesh, abstract
+    )
+  programs["eval"] = make_eval_step(model, layout, mesh, abstract)
+  programs["checkpoint"] = make_snapshot(layout, abstract, mesh, c.config.seed)
+  return programs
+
+
+def compile_programs(
+  c: Components, abstract: TrainState, programs: dict[str, Callable] | None = None
+) -> tuple[list[ProgramMemory], Any]:
   """Lowers and compiles, on abstract inputs (nothing allocated), every program a run executes.
 
   The init program (create_train_state), the train call of --steps_per_call K
   steps and, where K > 1, the single step (a resume mid-call, the last steps),
-  the eval step, and the device side of a checkpoint save (its finiteness check).
+  the eval step, and the device side of a checkpoint save (its finiteness check);
+  ``programs`` (``run_programs``) the run's own jitted ones. Returns their figures
+  and the compiled init, ``init(key) -> TrainState``.
   """
   config, mesh = c.config, c.mesh
+  programs = programs if programs is not None else run_programs(c, abstract)
   state = abstract_state(c, abstract)
   live = _bytes(state)
   rep = NamedSharding(mesh, P())
   key = jax.eval_shape(lambda: jax.random.key(config.seed))
-  init = jax.jit(
-    lambda k: create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, k),
-    out_shardings=state_shardings(mesh, abstract),
+  init = (
+    jax.jit(
+      lambda k: create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, k),
+      out_shardings=state_shardings(mesh, abstract),
+    )
+    .lower(_sds(key, rep))
+    .compile()
   )
-  out = [_figures("init", init.lower(_sds(key, rep)).compile())]
+  out = [_figures("init", init)]
   k = config.resolved_steps_per_call
-  for steps in sorted({k, 1}, reverse=True):
+  for name, steps in (("train", k), ("train 1 step", 1)):
+    if name not in programs:
+      continue
     batch = abstract_batch(c, config.batch_size, steps)
-    step = make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract, steps)
     # The loader puts the next call's batch on the devices while this one runs.
     held = live + 2 * _bytes(batch)
-    name = "train" if steps == k else "train 1 step"
-    out.append(_figures(f"{name} (K={steps})", step.lower(state, batch).compile(), held))
+    compiled = programs[name].lower(state, batch).compile()
+    out.append(_figures(f"{name} (K={steps})", compiled, held))
   batch = abstract_batch(c, config.eval_batch_size)
-  evaluate = make_eval_step(c.model, c.layout, mesh, abstract)
-  out.append(_figures("eval", evaluate.lower(state, batch).compile(), live + _bytes(batch)))
-  snapshot = make_snapshot(c.layout, abstract, mesh, config.seed)
-  out.append(_figures("checkpoint", snapshot.device_program.lower(state).compile(), live))
-  return out
+  compiled = programs["eval"].lower(state, batch).compile()
+  out.append(_figures("eval", compiled, live + _bytes(batch)))
+  out.append(
+    _figures("checkpoint", programs["checkpoint"].device_program.lower(state).compile(), live)
+  )
+  return out, init
 
 
 def over_limit(programs: list[ProgramMemory], limit: int) -> list[ProgramMemory]:
