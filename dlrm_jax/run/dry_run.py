@@ -55,6 +55,8 @@ def simulated_devices(config: Config) -> tuple[list[jax.Device], str]:
       f"{len(cpus)} CPU device(s) (the count is fixed at start-up): run the dry run in a "
       f"new process (python main.py ... --dry_run)"
     )
+  if n == 1:
+    return cpus[:1], "1 XLA:CPU device (no accelerator on this host)"
   return cpus[:n], f"{n} simulated XLA:CPU devices (no {n} accelerators on this host)"
 
 
