@@ -59,6 +59,10 @@ def main(argv: list[str]) -> int:
   started = time.perf_counter()
   try:
     config = dlrm_flags.config_from_flags()
+    if config.dry_run:
+      from dlrm_jax.run.dry_run import dry_run  # sets the CPU device count before JAX starts
+
+      return dry_run(config)
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from dlrm_jax.run.train import train_and_evaluate  # after distributed start-up
 

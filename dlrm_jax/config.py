@@ -96,6 +96,7 @@ class Config:
   sharding: str = "auto"
   table_sharding: tuple[tuple[str, str], ...] = ()
   device_memory_gb: float = 0.0  # 0: no limit checked
+  dry_run: bool = False  # compile every program on abstract inputs, print memory per device, exit
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -118,6 +119,13 @@ class Config:
       self.dataset in DATASETS, f"--dataset={self.dataset!r}: must be one of {', '.join(DATASETS)}"
     )
     _check(self.mode in MODES, f"--mode={self.mode!r}: must be one of {', '.join(MODES)}")
+    _check(
+      not self.dry_run or self.mode == "train",
+      f"--dry_run checks a training run's memory; not with --mode={self.mode}",
+    )
+    _check(
+      self.device_memory_gb >= 0, f"--device_memory_gb={self.device_memory_gb:g}: must be >= 0"
+    )
     _check(
       self.optimizer in OPTIMIZERS,
       f"--optimizer={self.optimizer!r}: must be one of {', '.join(OPTIMIZERS)}",

@@ -276,8 +276,15 @@ flags.DEFINE_list("table_sharding", [], "Per-table plan overrides, e.g. C3:row,C
 flags.DEFINE_float(
   "device_memory_gb",
   _D.device_memory_gb,
-  "Per-device memory for tables and their optimizer state; the planner "
-  "refuses plans that do not fit. 0 = unchecked.",
+  "Per-device memory in GiB: the planner refuses plans whose tables and optimizer state "
+  "do not fit, --dry_run every program whose peak does not. 0 = unchecked.",
+)
+flags.DEFINE_boolean(
+  "dry_run",
+  _D.dry_run,
+  "Compile every program of the run on abstract inputs (no data, nothing allocated; absent "
+  "devices of --mesh_shape simulated on the CPU), print bytes per device and exit: 0 if it fits "
+  "--device_memory_gb, 2 if not.",
 )
 
 FLAGS = flags.FLAGS

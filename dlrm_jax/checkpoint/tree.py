@@ -82,6 +82,7 @@ def make_snapshot(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mes
     }
     return tree, finite
 
+  snapshot.device_program = check  # what runs on the devices: --dry_run compiles it
   return snapshot
 
 

@@ -53,3 +53,38 @@ KAGGLE_TABLE_SIZES: tuple[int, ...] = (
 )
 
 assert len(KAGGLE_TABLE_SIZES) == NUM_SPARSE
+
+# Per-feature table sizes of the reference on Criteo Terabyte at max_ind_range 40M
+# (min(distinct values, 40M) per feature): MLPerf DLRM's and TorchRec's
+# --num_embeddings_per_feature. 204,184,588 rows in all.
+TERABYTE_MAX_IND_RANGE: int = 40_000_000
+TERABYTE_TABLE_SIZES: tuple[int, ...] = (
+  40000000,
+  39060,
+  17295,
+  7424,
+  20265,
+  3,
+  7122,
+  1543,
+  63,
+  40000000,
+  3067956,
+  405282,
+  10,
+  2209,
+  11938,
+  155,
+  4,
+  976,
+  14,
+  40000000,
+  40000000,
+  40000000,
+  590152,
+  12973,
+  108,
+  36,
+)
+
+assert len(TERABYTE_TABLE_SIZES) == NUM_SPARSE

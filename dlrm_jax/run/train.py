@@ -18,6 +18,8 @@ from dlrm_jax.data.store import open_split
 from dlrm_jax.faults import Preempted, TrainingDiverged
 from dlrm_jax.reporting import metrics_log as reporting
 from dlrm_jax.reporting.timings import Timings
+from dlrm_jax.run.dry_run import check_before_allocating
+from dlrm_jax.run.memory_plan import run_programs
 from dlrm_jax.run.preemption import PreemptionGuard
 from dlrm_jax.sharding.planner import plan_table
 from dlrm_jax.train.calls import compiled_on_first_call, device_calls, flat_metrics
@@ -29,7 +31,6 @@ from dlrm_jax.train.components import (
   parameter_counts,
 )
 from dlrm_jax.train.evaluation import evaluate
-from dlrm_jax.train.step import make_eval_step, make_train_step
 
 
 def train_and_evaluate(config: Config) -> dict[str, Any]:
@@ -92,12 +93,20 @@ def _train(
   config, mesh = c.config, c.mesh
   is_chief = jax.process_index() == 0
   abstract = abstract_train_state(c)
+  programs = run_programs(c, abstract)
+  init = None
+  if config.device_memory_gb:
+    # Every program's peak from the compiler, before any table is allocated; the
+    # calls below reuse these executables, so this adds only the init's compilation.
+    with timings.phase("compilation"):
+      init = check_before_allocating(c, programs)
   reached_before = False
   # Load or initialise, never both.
   with timings.phase("table_initialisation"):
     restored = store.restore_latest_good(c.layout, abstract, mesh, ident, resume=True)
     if restored is None:
-      state = jax.block_until_ready(initial_state(c))
+      key = jax.random.key(config.seed)
+      state = jax.block_until_ready(init(key) if init else initial_state(c))
   if restored is not None:
     state, start = restored.state, restored.step
     pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
@@ -127,16 +136,10 @@ def _train(
   )
   if restored is None:  # a resumed file keeps its step-0 line
     log.write({"step": 0, "parameters": counts})
-  train_step = compiled_on_first_call(
-    make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract), timings
-  )
-  multi_step = train_step
-  if k > 1:
-    multi_step = compiled_on_first_call(
-      make_train_step(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, abstract, k), timings
-    )
-  eval_step = compiled_on_first_call(make_eval_step(c.model, c.layout, mesh, abstract), timings)
-  snapshot = checkpointing.make_snapshot(c.layout, abstract, mesh, config.seed)
+  multi_step = compiled_on_first_call(programs["train"], timings)
+  train_step = compiled_on_first_call(programs["train 1 step"], timings) if k > 1 else multi_step
+  eval_step = compiled_on_first_call(programs["eval"], timings)
+  snapshot = programs["checkpoint"]
   layout_meta = checkpointing.layout_meta(c.layout, abstract)
 
   def last_good_text() -> str:
