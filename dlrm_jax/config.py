@@ -82,6 +82,9 @@ class Config:
   target_auc: float = 0.0  # 0: off; else stop once a validation evaluation reaches it
   log_every_steps: int = 100
   progress: bool = True
+  # Compiled programs kept across runs (JAX's persistent cache): auto = the user cache directory
+  # ($XDG_CACHE_HOME or ~/.cache)/dlrm-jax/xla, off = none, else a directory.
+  compilation_cache: str = "auto"
   # Checkpoints and use of saved models.
   checkpoint_every_steps: int = 1000  # 0: only at the end (and on preemption)
   keep_checkpoints: int = 3
@@ -206,6 +209,10 @@ class Config:
     _check(
       self.split in ("train", "validation", "test"),
       f"--split={self.split!r}: must be train, validation or test",
+    )
+    _check(
+      bool(self.compilation_cache.strip()),
+      "--compilation_cache is empty: give auto, off or a directory",
     )
     _check(self.log_every_steps >= 1, f"--log_every_steps={self.log_every_steps}: must be >= 1")
     _check(

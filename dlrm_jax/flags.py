@@ -217,6 +217,13 @@ flags.DEFINE_integer(
   "log_every_steps", _D.log_every_steps, "Log training loss and samples/s every N steps."
 )
 flags.DEFINE_bool("progress", _D.progress, "Show a progress bar.")
+flags.DEFINE_string(
+  "compilation_cache",
+  _D.compilation_cache,
+  "Keep compiled programs across runs (JAX's persistent compilation cache) so a rerun skips "
+  "compilation: auto = $XDG_CACHE_HOME (or ~/.cache)/dlrm-jax/xla, off = no cache, or a "
+  f"directory. Default {_D.compilation_cache}.",
+)
 # Checkpoints and use of saved models.
 flags.DEFINE_integer(
   "checkpoint_every_steps",
