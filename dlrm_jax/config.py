@@ -45,6 +45,7 @@ class Config:
   min_frequency: int = 1
   data_sub_sample_rate: float = 0.0  # fraction of training-day negatives dropped (reference rule)
   strict: bool = False  # stop at the first bad raw row instead of skipping and counting it
+  preprocess_workers: int = 1  # processes parsing raw text (0 = one per core); same output
   vocabulary: str = "train"  # train: training days only, id 0 shared; reference: all days
   # Model.
   embedding_dim: int = 16
@@ -213,6 +214,10 @@ class Config:
     _check(
       bool(self.compilation_cache.strip()),
       "--compilation_cache is empty: give auto, off or a directory",
+    )
+    _check(
+      self.preprocess_workers >= 0,
+      f"--preprocess_workers={self.preprocess_workers}: must be >= 0 (0 = one per core)",
     )
     _check(self.log_every_steps >= 1, f"--log_every_steps={self.log_every_steps}: must be >= 1")
     _check(

@@ -66,6 +66,13 @@ flags.DEFINE_bool(
   "Preprocessing: stop at the first bad raw row (printing file:line) instead of "
   "skipping and counting it.",
 )
+flags.DEFINE_integer(
+  "preprocess_workers",
+  _D.preprocess_workers,
+  "Preprocessing: processes that parse the raw Criteo text at once (0 = one per available "
+  "core; 1 = this process, parsing in a thread beside the counting). The output is the same "
+  f"bytes for any count. Default {_D.preprocess_workers}.",
+)
 flags.DEFINE_enum(
   "vocabulary",
   _D.vocabulary,
