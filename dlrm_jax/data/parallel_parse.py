@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
@@ -80,6 +81,40 @@ def _parse_range(path: str, start: int, end: int, labeled: bool) -> tsv_parser.P
   return tsv_parser.parse_buffer(buf, labeled, unterminated)
 
 
+def _ready() -> None:
+  """A no-op task: returns once its worker has started."""
+
+
+def _start_pool(workers: int) -> ProcessPoolExecutor:
+  """`workers` started processes, each importing only this module (NumPy, pyarrow, the parser).
+
+  forkserver, not fork: the parent may hold JAX's and pyarrow's threads, which fork would copy
+  mid-lock. A forkserver or spawn worker also re-runs the parent's main script (main.py imports
+  the CLI and JAX: seconds per worker), unless the script's path is hidden while the workers
+  start, as here; they need only this module, which the server has already imported.
+  """
+  if "forkserver" in multiprocessing.get_all_start_methods():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+  else:  # Windows
+    context = multiprocessing.get_context("spawn")
+  pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+  main = vars(sys.modules["__main__"])
+  hidden = {key: main.get(key) for key in ("__file__", "__spec__") if key in main}
+  main.update(dict.fromkeys(hidden))  # None: multiprocessing then re-runs no script
+  try:
+    # One task per worker, submitted at once: the pool starts a process per submit until it has
+    # `workers`, all of them now, while the main script is hidden.
+    for future in [pool.submit(_ready) for _ in range(workers)]:
+      future.result()
+  except BaseException:
+    pool.shutdown(wait=False, cancel_futures=True)
+    raise
+  finally:
+    main.update(hidden)
+  return pool
+
+
 def iter_parsed(
   path: str,
   report: bad_rows.BadRowReport,
@@ -110,10 +145,7 @@ def iter_parsed(
     jobs = (
       (_parse_range, path, start, end, labeled) for start, end in line_ranges(path, chunk_bytes)
     )
-  # spawn, not fork: the parent may hold JAX's and pyarrow's threads, which fork would copy
-  # mid-lock. The workers import only NumPy, pyarrow and this package's parser.
-  context = multiprocessing.get_context("spawn")
-  pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+  pool = _start_pool(workers)
   pending: collections.deque[Future] = collections.deque()
   line = 0
   try:
