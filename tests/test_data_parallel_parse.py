@@ -122,3 +122,19 @@ def test_preprocess_workers_flag_is_checked():
 
   with pytest.raises(ConfigError, match="--preprocess_workers=-2"):
     Config(preprocess_workers=-2).validate()
+
+
+def test_the_flag_reaches_kaggle_preprocessing(tmp_path, monkeypatch):
+  from dlrm_jax.config import Config
+  from dlrm_jax.data import datasets
+
+  raw = tmp_path / "criteo_kaggle" / "train.txt"
+  raw.parent.mkdir()
+  _raw_with_bad_rows(str(raw), 6000, seed=5)
+  monkeypatch.setattr(parallel_parse, "MIN_CHUNK_BYTES", 1 << 14)
+  seen = []
+  real = parallel_parse.resolve_workers
+  monkeypatch.setattr(parallel_parse, "resolve_workers", lambda w: seen.append(w) or real(w))
+  config = Config(dataset="kaggle", data_dir=str(tmp_path), preprocess_workers=2)
+  datasets.resolve_dataset(config, progress=False)
+  assert seen and set(seen) == {2}
