@@ -112,12 +112,29 @@ def enable_compilation_cache(setting: str) -> None:
   path = compilation_cache_dir(setting)
   import jax
 
+  if path is not None and not _writable_dir(path):
+    if setting != "auto":
+      raise ConfigError(
+        f"--compilation_cache={setting}: cannot create or write {path}; give a writable "
+        f"directory, or off"
+      )
+    # The default must not stop a run (a read-only home): go on without the cache, saying so.
+    print(f"warning: cannot write {path}: compiling without a cache", file=sys.stderr)
+    path = None
   if path is None:
     jax.config.update("jax_enable_compilation_cache", False)
     return
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _writable_dir(path: str) -> bool:
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError:
+    return False
+  return os.access(path, os.W_OK | os.X_OK)
 
 
 def summary(config: Config, results: dict[str, Any], wall_s: float, plot_path: str | None) -> str:

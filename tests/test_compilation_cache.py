@@ -50,3 +50,20 @@ def test_off_writes_no_cache(monkeypatch, tmp_path):
   result = run_main(tmp_path / "a", tmp_path / "data", "--compilation_cache=off", "--max_steps=2")
   assert result.returncode == 0, result.stderr
   assert not (env_cache / "dlrm-jax").exists()
+
+
+def test_unwritable_directory_is_refused_naming_the_flag(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  result = run_main(tmp_path / "a", tmp_path / "data", f"--compilation_cache={blocker}/xla")
+  assert result.returncode == 2
+  assert "--compilation_cache=" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unwritable_default_warns_and_runs(monkeypatch, tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # auto's directory cannot be made
+  result = run_main(tmp_path / "a", tmp_path / "data", "--max_steps=2")
+  assert result.returncode == 0, result.stderr
+  assert f"warning: cannot write {blocker}/dlrm-jax/xla" in result.stderr
