@@ -45,6 +45,7 @@ class Config:
   min_frequency: int = 1
   data_sub_sample_rate: float = 0.0  # fraction of training-day negatives dropped (reference rule)
   strict: bool = False  # stop at the first bad raw row instead of skipping and counting it
+  preprocess_workers: int = 1  # processes parsing raw text (0 = one per core); same output
   vocabulary: str = "train"  # train: training days only, id 0 shared; reference: all days
   # Model.
   embedding_dim: int = 16
@@ -82,6 +83,9 @@ class Config:
   target_auc: float = 0.0  # 0: off; else stop once a validation evaluation reaches it
   log_every_steps: int = 100
   progress: bool = True
+  # Compiled programs kept across runs (JAX's persistent cache): auto = the user cache directory
+  # ($XDG_CACHE_HOME or ~/.cache)/dlrm-jax/xla, off = none, else a directory.
+  compilation_cache: str = "auto"
   # Checkpoints and use of saved models.
   checkpoint_every_steps: int = 1000  # 0: only at the end (and on preemption)
   keep_checkpoints: int = 3
@@ -214,6 +218,14 @@ class Config:
     _check(
       self.split in ("train", "validation", "test"),
       f"--split={self.split!r}: must be train, validation or test",
+    )
+    _check(
+      bool(self.compilation_cache.strip()),
+      "--compilation_cache is empty: give auto, off or a directory",
+    )
+    _check(
+      self.preprocess_workers >= 0,
+      f"--preprocess_workers={self.preprocess_workers}: must be >= 0 (0 = one per core)",
     )
     _check(self.log_every_steps >= 1, f"--log_every_steps={self.log_every_steps}: must be >= 1")
     _check(

@@ -66,6 +66,13 @@ flags.DEFINE_bool(
   "Preprocessing: stop at the first bad raw row (printing file:line) instead of "
   "skipping and counting it.",
 )
+flags.DEFINE_integer(
+  "preprocess_workers",
+  _D.preprocess_workers,
+  "Preprocessing: processes that parse the raw Criteo text at once (0 = one per available "
+  "core; 1 = this process, parsing in a thread beside the counting). The output is the same "
+  f"bytes for any count. Default {_D.preprocess_workers}.",
+)
 flags.DEFINE_enum(
   "vocabulary",
   _D.vocabulary,
@@ -217,6 +224,13 @@ flags.DEFINE_integer(
   "log_every_steps", _D.log_every_steps, "Log training loss and samples/s every N steps."
 )
 flags.DEFINE_bool("progress", _D.progress, "Show a progress bar.")
+flags.DEFINE_string(
+  "compilation_cache",
+  _D.compilation_cache,
+  "Keep compiled programs across runs (JAX's persistent compilation cache) so a rerun skips "
+  "compilation: auto = $XDG_CACHE_HOME (or ~/.cache)/dlrm-jax/xla, off = no cache, or a "
+  f"directory. Default {_D.compilation_cache}.",
+)
 # Checkpoints and use of saved models.
 flags.DEFINE_integer(
   "checkpoint_every_steps",

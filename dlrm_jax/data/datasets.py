@@ -112,7 +112,13 @@ def resolve_dataset(config: Config, *, progress: bool = True) -> tuple[str, dict
       metadata = store.read_metadata(processed)
     else:
       processed = processed_dir(config)
-      metadata = preprocess_criteo(raw_files(config), processed, dataset=config.dataset, **options)
+      metadata = preprocess_criteo(
+        raw_files(config),
+        processed,
+        dataset=config.dataset,
+        workers=config.preprocess_workers,
+        **options,
+      )
       if bag_sizes:
         # MLPerf DLRM-DCNv2's bags, made from the one-hot ids (multi_hot.py).
         processed = mlperf_multi_hot(processed, bag_sizes, progress=progress)

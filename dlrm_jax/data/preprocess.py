@@ -65,6 +65,7 @@ def preprocess_criteo(
   progress: bool = True,
   extra_metadata: dict[str, Any] | None = None,
   overwrite: bool = False,
+  workers: int = 1,
 ) -> dict[str, Any]:
   """Preprocess raw Criteo TSV files into `out_dir`; returns the metadata.
 
@@ -83,7 +84,8 @@ def preprocess_criteo(
   row of all days, a missing value being the value 0, sorted, gets ids 0..V-1; table size V.
   Negatives of training days are dropped per SUB_SAMPLE_RULE when sub_sample_rate > 0.
   Bad rows are skipped and counted (metadata["bad_rows"]), or raise BadRowError
-  with their file:line when strict. chunk_rows bounds memory.
+  with their file:line when strict. chunk_rows bounds memory. Raw text is parsed by `workers`
+  processes (0 = one per available core, 1 = in this process only); the output is the same.
   A finished directory made from the same files (path, size, mtime) and options
   is reused unless overwrite=True.
   """
@@ -91,6 +93,8 @@ def preprocess_criteo(
     raise ValueError(f"dataset={dataset!r}: expected kaggle or terabyte")
   if not raw_files:
     raise ValueError("no raw files given")
+  if workers < 0:
+    raise ValueError(f"workers={workers}: must be >= 0 (0 = one per core)")
   if max_ind_range < 0 or min_frequency < 1 or not 0.0 <= sub_sample_rate < 1.0:
     raise ValueError("need max_ind_range >= 0, min_frequency >= 1 and 0 <= sub_sample_rate < 1")
   if vocabulary not in ("train", "reference") or (vocabulary == "reference" and min_frequency > 1):
@@ -131,9 +135,10 @@ def preprocess_criteo(
       chunk_rows=chunk_rows,
       progress=progress,
       overwrite=overwrite,
+      workers=workers,
     )
   else:
-    meta = _preprocess_kaggle(raw_files, out_dir, options, report, chunk_rows, progress)
+    meta = _preprocess_kaggle(raw_files, out_dir, options, report, chunk_rows, progress, workers)
   if extra_metadata:
     meta.update(extra_metadata)
   store.write_json_atomic(meta_path, meta)
@@ -147,6 +152,7 @@ def _preprocess_kaggle(
   report: bad_rows.BadRowReport,
   chunk_rows: int,
   progress: bool,
+  workers: int = 1,
 ) -> dict[str, Any]:
   num_days = options["num_days"]
   num_lines = sum(tsv_parser.count_lines(p) for p in raw_files)
@@ -172,6 +178,7 @@ def _preprocess_kaggle(
     count_all=options["vocabulary"] == "reference",
     progress=progress,
     progress_total=num_lines,
+    workers=workers,
   )
   if stats["lines"] != num_lines:
     raise RuntimeError(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dlrm_jax.data import bad_rows, columns, prefetch, tsv_parser
+from dlrm_jax.data import bad_rows, columns, parallel_parse, prefetch, tsv_parser
 from dlrm_jax.data import vocab as vocab_lib
 
 SUB_SAMPLE_RULE = (
@@ -66,12 +66,14 @@ class Segment:
 
 
 def _chunks(
-  raw_files: Sequence[str], report: bad_rows.BadRowReport, chunk_bytes: int
+  raw_files: Sequence[str], report: bad_rows.BadRowReport, chunk_bytes: int, workers: int
 ) -> Iterator[tuple[Any, int]]:
   offset = 0
   for path in raw_files:
     end = 0
-    for parsed in tsv_parser.iter_parsed(path, report, chunk_bytes=chunk_bytes):
+    for parsed in parallel_parse.iter_parsed(
+      path, report, chunk_bytes=chunk_bytes, workers=workers
+    ):
       end = parsed.line_range[1]
       yield parsed, offset
     offset += end
@@ -91,18 +93,20 @@ def stream(
   progress: bool = False,
   progress_total: int | None = None,
   desc: str = "parse",
+  workers: int = 1,
 ) -> dict[str, int]:
   """Parse every row once into its segment's writer: final dense/label, raw (hashed) values as
   sparse, missing bits; training rows are sub-sampled. `counters` count the present values of the
   kept training rows, or with count_all (--vocabulary=reference) every kept row's values of every
-  segment, a missing value counted as the value 0. Returns line/row counts."""
+  segment, a missing value counted as the value 0. Chunks are parsed by `workers` processes
+  (0 = one per core; 1, the default: in this process). Returns line/row counts."""
   sub = _Subsampler(sub_sample_rate, sub_sample_seed)
   stats = {"lines": 0, "rows": 0, "dropped_negatives": 0}
   with tqdm(
     total=progress_total, unit="lines", unit_scale=True, desc=desc, disable=not progress
   ) as bar:
     # Parsing the next chunk (pyarrow, GIL released) overlaps this chunk's NumPy work.
-    for parsed, offset in prefetch.background(_chunks(raw_files, report, chunk_bytes)):
+    for parsed, offset in prefetch.background(_chunks(raw_files, report, chunk_bytes, workers)):
       chunk = parsed.raw
       lines = parsed.lines + offset
       c0, c1 = parsed.line_range[0] + offset, parsed.line_range[1] + offset

@@ -34,7 +34,13 @@ def day_dir(out_dir: str, day: int) -> str:
 
 
 def _process_day(
-  raw: str, path: str, key: dict[str, Any], strict: bool, chunk_rows: int, progress: bool
+  raw: str,
+  path: str,
+  key: dict[str, Any],
+  strict: bool,
+  chunk_rows: int,
+  progress: bool,
+  workers: int = 1,
 ) -> dict[str, Any]:
   shutil.rmtree(path, ignore_errors=True)
   os.makedirs(path)
@@ -56,6 +62,7 @@ def _process_day(
     count_all=reference,
     progress=progress,
     desc=f"day {key['day']}",
+    workers=workers,
   )
   if stats["rows"] == 0:
     raise bad_rows.BadRowError(f"{raw}: no usable rows: {report.summary()}")
@@ -97,6 +104,7 @@ def preprocess_days(
   chunk_rows: int,
   progress: bool,
   overwrite: bool,
+  workers: int = 1,
 ) -> dict[str, Any]:
   """Days 0..n-2 train, day n-1 halved (first half, with the odd row, test; second validation)."""
   n_days = len(raw_files)
@@ -118,7 +126,7 @@ def preprocess_days(
     path = day_dir(out_dir, d)
     info = None if overwrite else store.read_json_matching(os.path.join(path, DAY_FILE), key)
     if info is None:
-      info = _process_day(raw, path, key, report.strict, chunk_rows, progress)
+      info = _process_day(raw, path, key, report.strict, chunk_rows, progress, workers)
     report.merge(info["bad_rows"])
     infos.append(info)
 

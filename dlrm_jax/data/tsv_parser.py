@@ -284,6 +284,54 @@ class ParsedChunk:
   line_range: tuple[int, int]
 
 
+@dataclasses.dataclass(frozen=True)
+class ParsedBuffer:
+  """parse_buffer's result for one buffer of whole lines, with line numbers within the buffer.
+
+  bad: (kind, int64[k] sorted lines, sample text of the first) per kind of bad row, in the
+  order of each kind's first line.
+  """
+
+  raw: RawChunk
+  lines: np.ndarray
+  num_lines: int
+  bad: list[tuple[str, np.ndarray, bytes]]
+
+
+def parse_buffer(
+  buf: bytes | bytearray, labeled: bool = True, unterminated: bool = False
+) -> ParsedBuffer:
+  """Parse whole lines: pyarrow's fast path for clean bytes; otherwise a vectorised scan finds
+  the bad lines and the rest is re-parsed. Pure (no report), so it can run in a worker process."""
+  try:
+    if not plain_bytes(buf):
+      raise ValueError("bytes outside the fast path's alphabet")
+    chunk = parse_bytes(buf, labeled=labeled)
+    return ParsedBuffer(chunk, np.arange(chunk.num_rows, dtype=np.int64), chunk.num_rows, [])
+  except (pa.ArrowInvalid, ValueError):
+    found = bad_rows.scan(buf, labeled, unterminated)
+    # In line order, so --strict names the first bad line of the chunk.
+    bad = [
+      (kind, lines, found.samples[kind])
+      for kind, lines in sorted(found.bad.items(), key=lambda item: item[1][0])
+    ]
+    block = max(1 << 22, found.longest_line + 2)  # pyarrow needs a whole row in one block
+    chunk = (
+      parse_bytes(found.clean, block_size=block, labeled=labeled) if found.clean else _empty_chunk()
+    )
+    return ParsedBuffer(chunk, found.good_lines, found.num_lines, bad)
+
+
+def to_parsed_chunk(
+  parsed: ParsedBuffer, path: str, first_line: int, report: bad_rows.BadRowReport
+) -> ParsedChunk:
+  """A buffer's result placed at `first_line` of `path`; its bad rows go to `report`."""
+  for kind, bad, sample in parsed.bad:
+    report.record(kind, path, bad + first_line, sample)
+  lines = parsed.lines + first_line
+  return ParsedChunk(parsed.raw, lines, (first_line, first_line + parsed.num_lines))
+
+
 def iter_parsed(
   path: str, report: bad_rows.BadRowReport, *, labeled: bool = True, chunk_bytes: int = 64 << 20
 ) -> Iterator[ParsedChunk]:
@@ -295,27 +343,9 @@ def iter_parsed(
   """
   line = 0
   for buf, unterminated in iter_byte_chunks(path, chunk_bytes):
-    try:
-      if not plain_bytes(buf):
-        raise ValueError("bytes outside the fast path's alphabet")
-      chunk = parse_bytes(buf, labeled=labeled)
-      lines = np.arange(line, line + chunk.num_rows, dtype=np.int64)
-      nlines = chunk.num_rows
-    except (pa.ArrowInvalid, ValueError):
-      found = bad_rows.scan(buf, labeled, unterminated)
-      # In line order, so --strict names the first bad line of the chunk.
-      for kind, bad in sorted(found.bad.items(), key=lambda item: item[1][0]):
-        report.record(kind, path, bad + line, found.samples[kind])
-      lines = found.good_lines + line
-      nlines = found.num_lines
-      block = max(1 << 22, found.longest_line + 2)  # pyarrow needs a whole row in one block
-      chunk = (
-        parse_bytes(found.clean, block_size=block, labeled=labeled)
-        if found.clean
-        else _empty_chunk()
-      )
-    yield ParsedChunk(chunk, lines, (line, line + nlines))
-    line += nlines
+    parsed = to_parsed_chunk(parse_buffer(buf, labeled, unterminated), path, line, report)
+    yield parsed
+    line = parsed.line_range[1]
 
 
 def _empty_chunk() -> RawChunk:
