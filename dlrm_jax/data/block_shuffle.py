@@ -6,8 +6,9 @@ drawn from (seed, epoch); process p of P owns blocks p, p + P, ... of that permu
 reads only its own rows. Its blocks are cut into windows of ``buffer_blocks`` consecutive
 blocks; a window is read (one contiguous read per block and column file) and its rows are
 shuffled in memory by a permutation drawn from (seed, epoch, p, window). The process's stream is
-its windows one after the other, and its local batch i of an epoch is stream positions
-[i*b, (i+1)*b): a pure function of (seed, step), so a resumed run sees the same batches.
+its windows one after the other, and its local batch i of an epoch holds stream positions
+[i*b, (i+1)*b) (in row order within the batch): a pure function of (seed, step), so a resumed
+run sees the same batches.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def guaranteed_local_rows(num_rows: int, block_rows: int, process_count: int) ->
   return (num_blocks // process_count) * block_rows - short
 
 
-def read_rows(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
-  """Rows [lo, hi) of a column as an array in memory: one pread for a memory-mapped file.
+def read_rows(array: np.ndarray, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
+  """Rows [lo, hi) of a column into `out` (or a new array): one pread for a memory-mapped file.
 
   pread avoids a page fault per 4 KiB page of the mapping; a short read (the file changed or
   was truncated after it was opened) raises ValueError naming the file and the row range.
@@ -64,9 +65,11 @@ def read_rows(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
   filename = getattr(array, "filename", None)
   # Only a whole-file mapping (np.load's) has an offset that locates its rows in the file.
   whole = isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap)
+  if out is None:
+    out = np.empty((hi - lo,) + array.shape[1:], array.dtype)
   if not whole or filename is None or not array.flags.c_contiguous:
-    return np.array(array[lo:hi])
-  out = np.empty((hi - lo,) + array.shape[1:], array.dtype)
+    out[...] = array[lo:hi]
+    return out
   per_row = out.itemsize * int(np.prod(array.shape[1:]))
   offset = array.offset + lo * per_row
   with open(filename, "rb", buffering=0) as f:
@@ -134,24 +137,21 @@ class BlockOrder:
     rng = np.random.default_rng([self.seed, epoch, _SALT, self.process_index, window])
     return rng.permutation(size)
 
-  def window_rows(self, epoch: int, window: int) -> np.ndarray:
-    """Row ids of a window in stream order: its blocks' rows, then shuffled."""
-    rows = np.concatenate([np.arange(lo, hi) for lo, hi in self._spans(epoch, window)])
-    return rows[self._order(epoch, window, rows.size)]
-
-  def _read_window(self, epoch: int, window: int) -> dict[str, np.ndarray]:
-    """A window's rows of every column, shuffled (the same permutation for every column)."""
+  def _read_window(self, epoch: int, window: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A window's rows of every column in stream order (unshuffled), and its shuffled order."""
     spans = self._spans(epoch, window)
     order = self._order(epoch, window, sum(hi - lo for lo, hi in spans))
+    where = np.cumsum([0] + [hi - lo for lo, hi in spans])  # each block's place in the window
     out = {}
     for field in FIELDS:
       column = getattr(self.arrays, field)
-      # Read in file order, so the disk goes front to back; placed back in stream order.
-      parts = {span: read_rows(column, *span) for span in sorted(spans)}
-      out[field] = np.concatenate([parts[span] for span in spans])[order]
-    return out
+      out[field] = np.empty((int(where[-1]),) + column.shape[1:], column.dtype)
+      # Read in file order, so the disk goes front to back, each block into its stream place.
+      for k in sorted(range(len(spans)), key=lambda k: spans[k]):
+        read_rows(column, *spans[k], out=out[field][where[k] : where[k + 1]])
+    return out, order
 
-  def _window(self, epoch: int, window: int) -> dict[str, np.ndarray]:
+  def _window(self, epoch: int, window: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """A window's columns, read in the background; the next window's read starts now."""
     _, starts = self._plan(epoch)
     following = (epoch, window + 1) if window + 2 < starts.size else (epoch + 1, 0)
@@ -172,11 +172,14 @@ class BlockOrder:
     pieces = []
     window = int(np.searchsorted(starts, lo, side="right")) - 1
     while lo < hi:
-      data = self._window(epoch, window)
+      data, order = self._window(epoch, window)
       end = min(hi, int(starts[window + 1]))
       first = lo - int(starts[window])
-      pieces.append({f: v[first : first + end - lo] for f, v in data.items()})
+      # One gather per row from the unshuffled window; ascending indices read memory in order
+      # (the order of rows within a batch does not matter).
+      picked = np.sort(order[first : first + end - lo])
+      pieces.append({f: v[picked] for f, v in data.items()})
       lo, window = end, window + 1
     if len(pieces) == 1:
-      return {f: np.array(v) for f, v in pieces[0].items()}
+      return pieces[0]
     return {f: np.concatenate([p[f] for p in pieces]) for f in FIELDS}
