@@ -181,13 +181,15 @@ def sequential_bytes_per_second(directory: str, chunk: int = 16 << 20) -> float:
   return total / (time.perf_counter() - start)
 
 
-def timed_rows(loader: BatchLoader, rows: int) -> float:
-  """rows/s of the first `rows // b` batches (step 0 on: reading starts cold)."""
+def timed_rows(loader: BatchLoader, rows: int) -> tuple[float, float]:
+  """rows/s of the first `rows // b` batches (step 0 on: reading starts cold), and rows per CPU
+  second of this process (all threads): the loader's cost whatever else the machine runs."""
   steps = max(1, rows // loader.local_batch_size)
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   for _ in loader.iterate(start_step=0, num_steps=steps):
     pass
-  return steps * loader.local_batch_size / (time.perf_counter() - start)
+  wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+  return steps * loader.local_batch_size / wall, steps * loader.local_batch_size / cpu
 
 
 def disk_benchmark(args: argparse.Namespace) -> None:
@@ -210,7 +212,7 @@ def disk_benchmark(args: argparse.Namespace) -> None:
         drop_page_cache()
         seq = sequential_bytes_per_second(directory)
         drop_page_cache()
-        random_rate = timed_rows(
+        random_rate, random_cpu = timed_rows(
           BatchLoader(arrays, 2048, shuffle=True, seed=repeat), args.disk_random_rows
         )
         drop_page_cache()
@@ -223,13 +225,13 @@ def disk_benchmark(args: argparse.Namespace) -> None:
           block_rows=args.block_rows,
           buffer_blocks=args.buffer_blocks,
         )
-        block_rate = timed_rows(blocks, blocks.batches_per_epoch * 2048)
+        block_rate, block_cpu = timed_rows(blocks, blocks.batches_per_epoch * 2048)
         print(
           f"  pass {repeat}: sequential read {seq / 1e6:,.0f} MB/s = {seq / per_row:,.0f} rows/s; "
           f"block shuffle {block_rate:,.0f} rows/s ({block_rate * per_row / 1e6:,.0f} MB/s, "
-          f"{block_rate * per_row / seq:.0%} of sequential); random-row shuffle "
-          f"{random_rate:,.0f} rows/s; batch 2048, blocks of {args.block_rows:,} rows, "
-          f"{args.buffer_blocks} per buffer"
+          f"{block_rate * per_row / seq:.0%} of sequential; {block_cpu:,.0f} rows/CPU-s); "
+          f"random-row shuffle {random_rate:,.0f} rows/s ({random_cpu:,.0f} rows/CPU-s); "
+          f"batch 2048, blocks of {args.block_rows:,} rows, {args.buffer_blocks} per buffer"
         )
     finally:
       shutil.rmtree(directory, ignore_errors=True)

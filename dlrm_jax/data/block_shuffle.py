@@ -105,6 +105,7 @@ class BlockOrder:
     self._lock = threading.Lock()
     self._windows: dict[tuple[int, int], futures.Future] = {}
     self._reader = futures.ThreadPoolExecutor(1, thread_name_prefix="block-reader")
+    self._io = futures.ThreadPoolExecutor(len(FIELDS), thread_name_prefix="block-io")
     self._plans: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
   def blocks(self, epoch: int) -> np.ndarray:
@@ -142,14 +143,17 @@ class BlockOrder:
     spans = self._spans(epoch, window)
     order = self._order(epoch, window, sum(hi - lo for lo, hi in spans))
     where = np.cumsum([0] + [hi - lo for lo, hi in spans])  # each block's place in the window
-    out = {}
-    for field in FIELDS:
+
+    def read(field: str) -> np.ndarray:
       column = getattr(self.arrays, field)
-      out[field] = np.empty((int(where[-1]),) + column.shape[1:], column.dtype)
-      # Read in file order, so the disk goes front to back, each block into its stream place.
+      out = np.empty((int(where[-1]),) + column.shape[1:], column.dtype)
+      # In file order, so the disk goes front to back, each block into its stream place.
       for k in sorted(range(len(spans)), key=lambda k: spans[k]):
-        read_rows(column, *spans[k], out=out[field][where[k] : where[k + 1]])
-    return out, order
+        read_rows(column, *spans[k], out=out[where[k] : where[k + 1]])
+      return out
+
+    # One reader per column file: several requests in flight keep a fast disk busy.
+    return dict(zip(FIELDS, self._io.map(read, FIELDS), strict=True)), order
 
   def _window(self, epoch: int, window: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """A window's columns, read in the background; the next window's read starts now."""
