@@ -4,10 +4,12 @@ refused flags, damaged files."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
 
+from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data import block_shuffle
 from dlrm_jax.data.loader import BatchLoader, resolve_shuffle
 from dlrm_jax.data.store import SplitArrays, open_split, split_file
@@ -181,3 +183,16 @@ def test_damaged_header_is_reported_by_file(tmp_path):
     f.write(b"garbage!")
   with pytest.raises(ValueError, match="train_label.npy: not a readable .npy column file"):
     open_split(processed, "train")
+
+
+@pytest.mark.parametrize(
+  ("changes", "flag"),
+  [
+    ({"shuffle": "random"}, "--shuffle='random'"),
+    ({"shuffle_block_rows": 0}, "--shuffle_block_rows=0"),
+    ({"shuffle_buffer_blocks": -1}, "--shuffle_buffer_blocks=-1"),
+  ],
+)
+def test_config_refuses_bad_shuffle_flags(changes, flag):
+  with pytest.raises(ConfigError, match=re.escape(flag)):
+    Config(**changes).validate(1)
