@@ -4,8 +4,9 @@ same memory-mapped split, interleaved; grain is not a dependency, run it where g
   python benchmarks/loader_grain.py [--rows=3000000] [--repeats=3]
 
 grain pipeline: MapDataset.range(blocks).shuffle(seed) -> map(read the block with pread) ->
-to_iter_dataset(ReadOptions(threads)), then the same window shuffle and batching as ours (grain has
-no row-level shuffle buffer over numpy blocks; a record per row is also timed, on fewer rows).
+to_iter_dataset(ReadOptions(threads)), then the same window shuffle and batching as ours (a gather
+of each batch's sorted rows; grain has no row-level shuffle buffer over numpy blocks); a record
+per row (grain's own shuffle and batch) is also timed, on fewer rows.
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ def grain_blocks(arrays, batch: int, block_rows: int, buffer_blocks: int, seed: 
       return
     data = {f: np.concatenate([b[f] for b in window]) for f in FIELDS}
     order = rng.permutation(data["label"].shape[0])
-    data = {f: v[order] for f, v in data.items()}
-    if carry is not None:
-      data = {f: np.concatenate([carry[f], data[f]]) for f in FIELDS}
-    full = data["label"].shape[0] // batch * batch
-    for lo in range(0, full, batch):
-      yield {f: v[lo : lo + batch] for f, v in data.items()}
-    carry = {f: v[full:] for f, v in data.items()}
+    lo = 0
+    if carry is not None:  # a batch across two windows: the rest of the previous one first
+      take = np.sort(order[: batch - carry["label"].shape[0]])
+      yield {f: np.concatenate([carry[f], data[f][take]]) for f in FIELDS}
+      lo = take.size
+    # As BatchLoader does: one gather per row, each batch's indices sorted.
+    while lo + batch <= order.size:
+      take = np.sort(order[lo : lo + batch])
+      yield {f: v[take] for f, v in data.items()}
+      lo += batch
+    carry = {f: v[np.sort(order[lo:])] for f, v in data.items()}
 
 
 def grain_rows_per_second(arrays, batch: int, seed: int, threads: int) -> float:

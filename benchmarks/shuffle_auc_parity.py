@@ -2,6 +2,7 @@
 ../shared/criteo_samples (real Kaggle rows; skipped when absent): does the block shuffle cost AUC?
 
   python benchmarks/shuffle_auc_parity.py [--workdir=/tmp/shuffle_parity] [--seeds=0,1,2]
+                                         [--datasets=builtin,samples] [--samples=PATH]
 
 Each run is one `python main.py` (printed) with a small DLRM, one epoch, blocks scaled to the
 data so that an epoch has about 80 blocks and a buffer of 4 (at Criteo Kaggle's 45M rows and the
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 import comparison  # noqa: E402  experiments/comparison.py reads metrics.jsonl back
 
-SAMPLES = REPO.parent / "shared" / "criteo_samples" / "kaggle_train_rows.tsv"
+SAMPLES = REPO.parent / "shared" / "criteo_samples" / "kaggle_train_rows.tsv"  # beside the repo
 MODEL = [
   "--embedding_dim=8",
   "--bottom_mlp=32,8",
@@ -36,8 +37,8 @@ MODEL = [
 ]
 # (name, data flags, batch, learning rate, block rows): ~80 blocks of each training split.
 DATASETS = (
-  ("built-in, 200k rows", ["--dataset=synthetic", "--synthetic_rows=200000"], 256, 0.5, 2048),
-  ("criteo_samples, 24,949 rows", ["--dataset=kaggle"], 128, 0.1, 256),
+  ("builtin", ["--dataset=synthetic", "--synthetic_rows=200000"], 256, 0.5, 2048),
+  ("samples", ["--dataset=kaggle"], 128, 0.1, 256),
 )
 
 
@@ -55,19 +56,26 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--workdir", default="/tmp/shuffle_parity", help="runs and data go here")
   parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+  parser.add_argument(
+    "--datasets", default="builtin,samples", help="builtin (200k rows), samples (real Kaggle rows)"
+  )
+  parser.add_argument("--samples", default=str(SAMPLES), help="the real rows' file")
   args = parser.parse_args()
+  samples = Path(args.samples)
   root = Path(args.workdir)
   seeds = [int(s) for s in args.seeds.split(",")]
   for name, data, batch, lr, block_rows in DATASETS:
+    if name not in args.datasets.split(","):
+      continue
     data_dir = root / "data"
     if "--dataset=kaggle" in data:
-      if not SAMPLES.exists():
-        print(f"{name}: skipped, {SAMPLES} absent")
+      if not samples.exists():
+        print(f"{name}: skipped, {samples} absent")
         continue
       (data_dir / "criteo_kaggle").mkdir(parents=True, exist_ok=True)
       target = data_dir / "criteo_kaggle" / "train.txt"
       if not target.exists():
-        shutil.copyfile(SAMPLES, target)
+        shutil.copyfile(samples, target)
     print(f"{name}: batch {batch}, learning rate {lr}, blocks of {block_rows} rows, 4 per buffer")
     aucs: dict[str, list[float]] = {"rows": [], "blocks": []}
     for seed in seeds:
@@ -75,7 +83,7 @@ def main() -> None:
         flags = [*data, f"--data_dir={data_dir}", *MODEL, f"--batch_size={batch}"]
         flags += [f"--learning_rate={lr}", f"--seed={seed}", f"--shuffle={shuffle}"]
         flags += [f"--shuffle_block_rows={block_rows}", "--shuffle_buffer_blocks=4"]
-        workdir = root / f"{name.split(',')[0].replace(' ', '_')}_{shuffle}_{seed}"
+        workdir = root / f"{name}_{shuffle}_{seed}"
         shutil.rmtree(workdir, ignore_errors=True)
         aucs[shuffle].append(test_auc(workdir, flags))
     for shuffle, values in aucs.items():

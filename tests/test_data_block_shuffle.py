@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,18 @@ from dlrm_jax.data import block_shuffle
 from dlrm_jax.data.loader import BatchLoader, resolve_shuffle
 from dlrm_jax.data.store import SplitArrays, open_split, split_file
 from dlrm_jax.data.synthetic import prepare_synthetic
+
+
+@pytest.fixture(scope="module")
+def built_in(tmp_path_factory) -> str:
+  """A small preprocessed directory, generated once for this module."""
+  return prepare_synthetic(str(tmp_path_factory.mktemp("built_in")), 3000, seed=0, progress=False)
+
+
+@pytest.fixture
+def processed(built_in, tmp_path) -> str:
+  """A copy of `built_in` that a test may damage."""
+  return shutil.copytree(built_in, tmp_path / "processed")
 
 
 def indexed_arrays(n: int) -> SplitArrays:
@@ -140,8 +153,7 @@ def test_bad_block_flags_are_refused_by_name(block_rows, buffer_blocks, flag):
     )
 
 
-def test_auto_reads_blocks_from_a_memory_mapped_split(tmp_path):
-  processed = prepare_synthetic(str(tmp_path), 3000, seed=0, progress=False)
+def test_auto_reads_blocks_from_a_memory_mapped_split(processed):
   assert resolve_shuffle("auto", open_split(processed, "train", in_memory=True))[0] == "rows"
   mapped = open_split(processed, "train", in_memory=False)
   assert resolve_shuffle("auto", mapped)[0] == "blocks"
@@ -154,8 +166,7 @@ def test_auto_reads_blocks_from_a_memory_mapped_split(tmp_path):
     np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_file_truncated_after_opening_is_reported_with_rows(tmp_path):
-  processed = prepare_synthetic(str(tmp_path), 3000, seed=0, progress=False)
+def test_file_truncated_after_opening_is_reported_with_rows(processed):
   arrays = open_split(processed, "train", in_memory=False)
   path = split_file(processed, "train", "sparse")
   os.truncate(path, os.path.getsize(path) - 26 * 4 * 10)  # the last 10 rows' ids
@@ -165,8 +176,7 @@ def test_file_truncated_after_opening_is_reported_with_rows(tmp_path):
 
 
 @pytest.mark.parametrize("field", ["dense", "sparse", "label"])
-def test_short_column_file_is_reported_before_training(tmp_path, field):
-  processed = prepare_synthetic(str(tmp_path), 3000, seed=0, progress=False)
+def test_short_column_file_is_reported_before_training(processed, field):
   path = split_file(processed, "train", field)
   n = open_split(processed, "train").num_rows
   per_row = {"dense": 13 * 4, "sparse": 26 * 4, "label": 4}[field]
@@ -176,8 +186,7 @@ def test_short_column_file_is_reported_before_training(tmp_path, field):
       open_split(processed, "train", in_memory=in_memory)
 
 
-def test_damaged_header_is_reported_by_file(tmp_path):
-  processed = prepare_synthetic(str(tmp_path), 3000, seed=0, progress=False)
+def test_damaged_header_is_reported_by_file(processed):
   path = split_file(processed, "train", "label")
   with open(path, "r+b") as f:
     f.write(b"garbage!")
