@@ -205,3 +205,25 @@ def test_damaged_header_is_reported_by_file(processed):
 def test_config_refuses_bad_shuffle_flags(changes, flag):
   with pytest.raises(ConfigError, match=re.escape(flag)):
     Config(**changes).validate(1)
+
+
+def test_training_run_names_its_order_and_refuses_damaged_data(processed, capsys):
+  from dlrm_jax.run.train import _train_loader
+
+  config = Config(batch_size=64, shuffle="auto")
+  loader = _train_loader(config, processed)
+  assert loader.order == "rows"  # 3000 rows: in RAM
+  assert "training order: rows shuffle (--shuffle=auto and the split is in RAM)" in (
+    capsys.readouterr().out
+  )
+  blocks = _train_loader(Config(batch_size=64, shuffle="blocks", shuffle_block_rows=100), processed)
+  assert blocks.order == "blocks" and "training order: blocks shuffle of 100 rows" in (
+    capsys.readouterr().out
+  )
+  small = Config(batch_size=64, shuffle="blocks", shuffle_block_rows=10, shuffle_buffer_blocks=2)
+  with pytest.raises(ConfigError, match="--shuffle_buffer_blocks=2"):
+    _train_loader(small, processed)
+  path = split_file(processed, "train", "dense")
+  os.truncate(path, os.path.getsize(path) - 52)
+  with pytest.raises(ConfigError, match="train_dense.npy: truncated"):
+    _train_loader(config, processed)
