@@ -20,6 +20,7 @@ from concurrent import futures
 
 import numpy as np
 
+from dlrm_jax.data.checksums import Checksums
 from dlrm_jax.data.store import FIELDS, SplitArrays
 
 # 2^18 rows = 1 MiB of the narrowest column file (the f32 labels), 13 MiB of dense features.
@@ -93,8 +94,10 @@ class BlockOrder:
     seed: int,
     process_index: int,
     process_count: int,
+    checksums: Checksums | None = None,
   ) -> None:
     self.arrays = arrays
+    self.checksums = checksums
     self.block_rows = block_rows
     self.buffer_blocks = buffer_blocks
     self.seed = seed
@@ -149,7 +152,9 @@ class BlockOrder:
       out = np.empty((int(where[-1]),) + column.shape[1:], column.dtype)
       # In file order, so the disk goes front to back, each block into its stream place.
       for k in sorted(range(len(spans)), key=lambda k: spans[k]):
-        read_rows(column, *spans[k], out=out[where[k] : where[k + 1]])
+        block = read_rows(column, *spans[k], out=out[where[k] : where[k + 1]])
+        if self.checksums is not None:
+          self.checksums.verify(field, spans[k][0], block)
       return out
 
     # One reader per column file: several requests in flight keep a fast disk busy.

@@ -15,6 +15,7 @@ import numpy as np
 from dlrm_jax.data import block_shuffle as bs
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import prefetch
+from dlrm_jax.data.checksums import Checksums
 from dlrm_jax.data.shuffle import Permutation
 from dlrm_jax.data.store import SplitArrays
 
@@ -121,7 +122,7 @@ class BatchLoader:
   order="blocks" (training only): batches come from block_shuffle.BlockOrder, contiguous
   blocks read sequentially and shuffled within a buffer of ``buffer_blocks`` blocks; each
   process reads only its own blocks, and its slice is its own stream's, not a slice of one
-  global order.
+  global order; ``checksums`` (checksums.load) are verified on every block read.
   """
 
   def __init__(
@@ -137,6 +138,7 @@ class BatchLoader:
     order: str = "rows",
     block_rows: int = bs.DEFAULT_BLOCK_ROWS,
     buffer_blocks: int = bs.DEFAULT_BUFFER_BLOCKS,
+    checksums: Checksums | None = None,
   ) -> None:
     if batch_size <= 0 or batch_size % process_count:
       raise ValueError(
@@ -161,7 +163,7 @@ class BatchLoader:
     if self.order == "blocks":
       _check_blocks(arrays, block_rows, buffer_blocks, self.local_batch_size, process_count)
       self._blocks = bs.BlockOrder(
-        arrays, block_rows, buffer_blocks, seed, process_index, process_count
+        arrays, block_rows, buffer_blocks, seed, process_index, process_count, checksums
       )
       self.batches_per_epoch = self._blocks.local_rows // self.local_batch_size
     if self.batches_per_epoch == 0:

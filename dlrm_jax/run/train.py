@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 
 from dlrm_jax.checkpoint import manager as checkpointing
 from dlrm_jax.config import Config, ConfigError
-from dlrm_jax.data import prefetch
+from dlrm_jax.data import checksums, prefetch
 from dlrm_jax.data.loader import BatchLoader, resolve_shuffle
 from dlrm_jax.data.store import open_split
 from dlrm_jax.faults import Preempted, TrainingDiverged
@@ -87,6 +87,7 @@ def _train_loader(config: Config, processed: str) -> BatchLoader:
       order=order,
       block_rows=config.shuffle_block_rows,
       buffer_blocks=config.shuffle_buffer_blocks,
+      checksums=checksums.load(processed, "train", arrays.num_rows),
     )
   except ValueError as e:
     raise ConfigError(str(e)) from None
