@@ -1,7 +1,9 @@
 """Prints shuffled-batch rows/s of BatchLoader at batch 128 and 2048 (in RAM and memory-mapped), and
 how many times faster that is than the reference Kaggle model's train step consumes rows (same
 process, same data); then the loader's peak RSS over a simulated 1-billion-row index space
-(zero-stride columns: no row exists in memory, so what grows is the loader's own state)."""
+(zero-stride columns: no row exists in memory, so what grows is the loader's own state).
+
+--disk: the cold-cache disk benchmark of loader_disk.py instead."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import tempfile
 import time
 
 import numpy as np
+from loader_disk import disk_benchmark
 
+from dlrm_jax.data import block_shuffle
 from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.data.store import SplitArrays, open_split
 from dlrm_jax.data.synthetic import prepare_synthetic
@@ -122,7 +126,33 @@ def main() -> None:
   parser.add_argument(
     "--only_simulated", action="store_true", help="only the simulated-rows peak RSS measurement"
   )
+  parser.add_argument("--disk", action="store_true", help="only the cold-cache disk benchmark")
+  parser.add_argument(
+    "--disk_rows", type=int, default=20_000_000, help="one-hot rows written (default 20M, 3.4 GB)"
+  )
+  parser.add_argument(
+    "--disk_rows_multi_hot",
+    type=int,
+    default=4_000_000,
+    help="multi-hot rows written (default 4M, 3.6 GB)",
+  )
+  parser.add_argument(
+    "--disk_random_rows",
+    type=int,
+    default=400_000,
+    help="rows the random-row shuffle reads per pass (default 400k: it is slow)",
+  )
+  parser.add_argument("--disk_dir", default="/tmp", help="where the files go (default /tmp)")
+  parser.add_argument(
+    "--block_rows", type=int, default=block_shuffle.DEFAULT_BLOCK_ROWS, help="rows per block"
+  )
+  parser.add_argument(
+    "--buffer_blocks", type=int, default=block_shuffle.DEFAULT_BUFFER_BLOCKS, help="per buffer"
+  )
   args = parser.parse_args()
+  if args.disk:
+    disk_benchmark(args)
+    return
   if args.only_simulated:
     for batch in (128, 2048):
       simulated_peak(args.simulated_rows, batch, steps=500)

@@ -26,6 +26,9 @@ AUTO_SAMPLES_PER_CALL = 32768
 _CADENCES = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps")
 
 
+SHUFFLES = ("auto", "rows", "blocks")
+
+
 class ConfigError(ValueError):
   """An inconsistent configuration, reported before any work starts."""
 
@@ -47,6 +50,11 @@ class Config:
   strict: bool = False  # stop at the first bad raw row instead of skipping and counting it
   preprocess_workers: int = 1  # processes parsing raw text (0 = one per core); same output
   vocabulary: str = "train"  # train: training days only, id 0 shared; reference: all days
+  # Training order: rows (a permutation of every row), blocks (contiguous blocks read in a
+  # seeded order, shuffled within a buffer), auto (blocks where the split is memory-mapped).
+  shuffle: str = "auto"
+  shuffle_block_rows: int = 1 << 18  # 1 MiB of the label column per read
+  shuffle_buffer_blocks: int = 4
   # Model.
   embedding_dim: int = 16
   bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
@@ -208,6 +216,12 @@ class Config:
       self.num_epochs >= 1 or self.max_steps >= 1,
       "--num_epochs and --max_steps are both 0: nothing to train",
     )
+    _check(
+      self.shuffle in SHUFFLES,
+      f"--shuffle={self.shuffle!r}: must be one of {', '.join(SHUFFLES)}",
+    )
+    for name in ("shuffle_block_rows", "shuffle_buffer_blocks"):
+      _check(getattr(self, name) >= 1, f"--{name}={getattr(self, name)}: must be >= 1")
     for name in ("max_steps", "eval_every_steps", "max_ind_range", "synthetic_seed"):
       _check(getattr(self, name) >= 0, f"--{name}={getattr(self, name)}: must be >= 0")
     _check(

@@ -6,7 +6,15 @@ import dataclasses
 
 from absl import flags
 
-from dlrm_jax.config import COMPUTE_DTYPES, DATASETS, MODES, VOCABULARIES, Config, ConfigError
+from dlrm_jax.config import (
+  COMPUTE_DTYPES,
+  DATASETS,
+  MODES,
+  SHUFFLES,
+  VOCABULARIES,
+  Config,
+  ConfigError,
+)
 from dlrm_jax.model.interaction import INTERACTIONS
 from dlrm_jax.optim.sparse import OPTIMIZERS
 from dlrm_jax.sharding.mesh import parse_mesh_shape
@@ -45,6 +53,25 @@ flags.DEFINE_integer(
   "Rows of built-in data to generate (7 days: 6 train, 1 test+validation).",
 )
 flags.DEFINE_integer("synthetic_seed", _D.synthetic_seed, "Seed of the built-in data's teacher.")
+flags.DEFINE_enum(
+  "shuffle",
+  _D.shuffle,
+  SHUFFLES,
+  "Training order. rows: every epoch a permutation of all rows (random reads; for data in "
+  "RAM); blocks: a seeded order of blocks of --shuffle_block_rows contiguous rows, read "
+  "sequentially and shuffled within a buffer of --shuffle_buffer_blocks blocks (for data on "
+  "disk); auto: blocks when the training split is memory-mapped (4 GiB or more), else rows.",
+)
+flags.DEFINE_integer(
+  "shuffle_block_rows",
+  _D.shuffle_block_rows,
+  "Rows per block of --shuffle=blocks (one contiguous read per column file); default 262144.",
+)
+flags.DEFINE_integer(
+  "shuffle_buffer_blocks",
+  _D.shuffle_buffer_blocks,
+  "Blocks shuffled together by --shuffle=blocks (memory: about 3 buffers of rows); default 4.",
+)
 flags.DEFINE_integer(
   "max_ind_range",
   _D.max_ind_range,

@@ -72,6 +72,9 @@ TRAINING_FIELDS = (
   "min_frequency",
   "data_sub_sample_rate",
   "vocabulary",
+  "shuffle",
+  "shuffle_block_rows",
+  "shuffle_buffer_blocks",
 )
 # Fields that have no effect unless --dataset=synthetic: never a reason to refuse another dataset.
 SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed")
@@ -91,6 +94,9 @@ ADDED_FIELDS = {
   "pooling": "sum",
   "data_sub_sample_rate": 0.0,
   "vocabulary": "train",
+  "shuffle": "auto",
+  "shuffle_block_rows": 1 << 18,
+  "shuffle_buffer_blocks": 4,
   "dcn_num_layers": 0,
   "dcn_deep_mlp": [512, 256],
   "dcn_low_rank_dim": 512,

@@ -12,13 +12,24 @@ from typing import Any
 
 import numpy as np
 
+from dlrm_jax.data import block_shuffle as bs
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import prefetch
+from dlrm_jax.data.checksums import Checksums
 from dlrm_jax.data.shuffle import Permutation
 from dlrm_jax.data.store import SplitArrays
 
 Batch = dict[str, np.ndarray]
 _WINDOW_POSITIONS = 1 << 16
+
+
+def resolve_shuffle(shuffle: str, arrays: SplitArrays) -> tuple[str, str]:
+  """(rows or blocks, why): --shuffle=auto reads blocks where the split is memory-mapped."""
+  mapped = isinstance(arrays.label, np.memmap)
+  where = "memory-mapped from disk" if mapped else "in RAM"
+  if shuffle != "auto":
+    return shuffle, f"--shuffle={shuffle}; the split is {where}"
+  return ("blocks" if mapped else "rows"), f"--shuffle=auto and the split is {where}"
 
 
 def validate_table_sizes(metadata: dict[str, Any], table_sizes: Sequence[int]) -> None:
@@ -65,6 +76,38 @@ def check_batch_ids(
     raise ValueError(f"{cf.SPARSE_NAMES[t]}: id out of range [{lowest}, {sizes[t]}) in batch")
 
 
+def _check_blocks(
+  arrays: SplitArrays, block_rows: int, buffer_blocks: int, local_batch: int, process_count: int
+) -> None:
+  """Refuses, naming the flag, block sizes that cannot work or a buffer that does not fit RAM."""
+  n = arrays.num_rows
+  if block_rows < 1 or buffer_blocks < 1:
+    raise ValueError(
+      f"--shuffle_block_rows={block_rows} and --shuffle_buffer_blocks={buffer_blocks}: "
+      "both must be >= 1"
+    )
+  if bs.guaranteed_local_rows(n, block_rows, process_count) < local_batch:
+    raise ValueError(
+      f"--shuffle_block_rows={block_rows}: the split's {n:,} rows make "
+      f"{-(-n // block_rows)} blocks, too few for {process_count} process(es) to get a "
+      f"batch of {local_batch} rows each; use smaller blocks or --shuffle=rows"
+    )
+  if block_rows * buffer_blocks < local_batch:
+    raise ValueError(
+      f"--shuffle_block_rows={block_rows} x --shuffle_buffer_blocks={buffer_blocks} = "
+      f"{block_rows * buffer_blocks} rows: the shuffle buffer is smaller than a process's batch "
+      f"of {local_batch} rows, so a batch would mix only its few blocks; make it larger"
+    )
+  held = bs.WINDOWS_HELD * block_rows * buffer_blocks * bs.row_bytes(arrays)
+  free = bs.available_memory_bytes()
+  if free is not None and held > free // 2:
+    raise ValueError(
+      f"--shuffle_buffer_blocks={buffer_blocks} of --shuffle_block_rows={block_rows} rows: "
+      f"the loader would hold {held / 2**30:.2f} GiB ({bs.WINDOWS_HELD} buffers), more than half "
+      f"the {free / 2**30:.2f} GiB of memory available; use fewer or smaller blocks"
+    )
+
+
 class BatchLoader:
   """Global batches of one split, each process taking its contiguous slice of every global batch.
 
@@ -76,6 +119,10 @@ class BatchLoader:
   padded to full size and `mask` is 0 on padding, so every row counts once.
   Batches: dense f32[b, 13], sparse i32[b, 26], label f32[b], mask f32[b],
   b = batch_size // process_count.
+  order="blocks" (training only): batches come from block_shuffle.BlockOrder, contiguous
+  blocks read sequentially and shuffled within a buffer of ``buffer_blocks`` blocks; each
+  process reads only its own blocks, and its slice is its own stream's, not a slice of one
+  global order; ``checksums`` (checksums.load) are verified on every block read.
   """
 
   def __init__(
@@ -88,6 +135,10 @@ class BatchLoader:
     process_index: int = 0,
     process_count: int = 1,
     prefetch: int = 2,
+    order: str = "rows",
+    block_rows: int = bs.DEFAULT_BLOCK_ROWS,
+    buffer_blocks: int = bs.DEFAULT_BUFFER_BLOCKS,
+    checksums: Checksums | None = None,
   ) -> None:
     if batch_size <= 0 or batch_size % process_count:
       raise ValueError(
@@ -105,6 +156,16 @@ class BatchLoader:
     self.prefetch = prefetch
     n = arrays.num_rows
     self.batches_per_epoch = n // batch_size if shuffle else -(-n // batch_size)
+    if order not in ("rows", "blocks"):
+      raise ValueError(f"--shuffle={order!r}: must be rows or blocks here")
+    self.order = order if shuffle else "rows"
+    self._blocks: bs.BlockOrder | None = None
+    if self.order == "blocks":
+      _check_blocks(arrays, block_rows, buffer_blocks, self.local_batch_size, process_count)
+      self._blocks = bs.BlockOrder(
+        arrays, block_rows, buffer_blocks, seed, process_index, process_count, checksums
+      )
+      self.batches_per_epoch = self._blocks.local_rows // self.local_batch_size
     if self.batches_per_epoch == 0:
       raise ValueError(f"split has {n} rows, fewer than one training batch of {batch_size}")
     self._perm_cache: Permutation | None = None
@@ -148,6 +209,10 @@ class BatchLoader:
     epoch, within = divmod(step, self.batches_per_epoch)
     lo, hi = self._local_range(within)
     a = self.arrays
+    if self._blocks is not None:
+      b = self.local_batch_size
+      batch = self._blocks.rows(epoch, within * b, (within + 1) * b)
+      return {**batch, "mask": np.ones(b, np.float32)}
     if self.shuffle:
       # Sorted rows read the memmap/array front to back; order within a batch does not matter.
       rows = np.sort(self._epoch_rows(epoch, lo, hi))

@@ -195,6 +195,36 @@ def vocab_sizes(processed_dir: str, names: Sequence[str]) -> list[int]:
   return sizes
 
 
+def check_column_file(path: str) -> None:
+  """Raise ValueError naming the file and the missing rows when it is shorter than its header says.
+
+  A truncated file would otherwise fail deep inside NumPy (or, memory-mapped, crash the
+  process with SIGBUS when the missing rows are first touched).
+  """
+  with open(path, "rb") as f:
+    try:
+      version = np.lib.format.read_magic(f)
+      read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+      )
+      shape, _, dtype = read_header(f)
+    except ValueError as e:
+      raise ValueError(f"{path}: not a readable .npy column file ({e}); damaged on disk") from e
+    data_start = f.tell()
+  size = os.path.getsize(path)
+  rows = shape[0] if shape else 1
+  per_row = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+  have = (size - data_start) // per_row if per_row else rows
+  if have < rows:
+    raise ValueError(
+      f"{path}: truncated: its header says {rows:,} rows but the file holds only {have:,} "
+      f"({size:,} of {data_start + rows * per_row:,} bytes): rows {have}..{rows - 1} are "
+      "missing; preprocess again (or restore the file)"
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitArrays:
   """One split's columns: dense f32[N, 13], sparse i32[N, 26], label f32[N] (memmaps or arrays)."""
@@ -211,10 +241,13 @@ class SplitArrays:
 def open_split(processed_dir: str, split: str, *, in_memory: bool | None = None) -> SplitArrays:
   """Open one split; in_memory=None loads it into RAM when it is under 4 GiB, else memory-maps."""
   read_metadata(processed_dir)  # refuse half-written directories
+  for f in FIELDS:
+    check_column_file(split_file(processed_dir, split, f))
   arrays = {f: np.load(split_file(processed_dir, split, f), mmap_mode="r") for f in FIELDS}
   n = arrays["label"].shape[0]
   if arrays["dense"].shape != (n, cf.NUM_DENSE) or arrays["sparse"].shape[0] != n:
-    raise ValueError(f"{processed_dir}/{split}: inconsistent array shapes")
+    shapes = ", ".join(f"{split_file(processed_dir, split, f)} {arrays[f].shape}" for f in FIELDS)
+    raise ValueError(f"{processed_dir}/{split}: the column files disagree on rows: {shapes}")
   if in_memory is None:
     in_memory = sum(a.nbytes for a in arrays.values()) < _IN_MEMORY_BYTES
   if in_memory:

@@ -11,9 +11,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from dlrm_jax.checkpoint import manager as checkpointing
-from dlrm_jax.config import Config
-from dlrm_jax.data import prefetch
-from dlrm_jax.data.loader import BatchLoader
+from dlrm_jax.config import Config, ConfigError
+from dlrm_jax.data import checksums, prefetch
+from dlrm_jax.data.loader import BatchLoader, resolve_shuffle
 from dlrm_jax.data.store import open_split
 from dlrm_jax.faults import Preempted, TrainingDiverged
 from dlrm_jax.reporting import metrics_log as reporting
@@ -52,14 +52,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
       + plan_table(c.layout, c.sparse_opt.slot_floats_per_row(config.embedding_dim))
     )
   best = meta.get("best_possible_auc")
-  train_loader = BatchLoader(
-    open_split(processed, "train"),
-    config.batch_size,
-    shuffle=True,
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
+  train_loader = _train_loader(config, processed)
   total_steps = config.max_steps or config.num_epochs * train_loader.batches_per_epoch
 
   store = checkpointing.CheckpointStore(config.workdir, keep=config.keep_checkpoints)
@@ -78,6 +71,35 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   finally:
     store.wait()  # an asynchronous save must be complete before the process exits
     store.close()
+
+
+def _train_loader(config: Config, processed: str) -> BatchLoader:
+  """The training split's loader; damaged files and unworkable shuffle flags stop the run here."""
+  try:
+    arrays = open_split(processed, "train")
+    order, why = resolve_shuffle(config.shuffle, arrays)
+    loader = BatchLoader(
+      arrays,
+      config.batch_size,
+      shuffle=True,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      order=order,
+      block_rows=config.shuffle_block_rows,
+      buffer_blocks=config.shuffle_buffer_blocks,
+      checksums=checksums.load(processed, "train", arrays.num_rows),
+    )
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if jax.process_index() == 0:
+    blocks = (
+      f" of {config.shuffle_block_rows:,} rows, {config.shuffle_buffer_blocks} per buffer"
+      if order == "blocks"
+      else ""
+    )
+    reporting.announce(f"training order: {order} shuffle{blocks} ({why})")
+  return loader
 
 
 def _train(
