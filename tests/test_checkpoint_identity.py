@@ -40,3 +40,26 @@ def test_schedule_change_is_refused_on_resume_only():
   with pytest.raises(CheckpointMismatch, match="lr_warmup_steps"):
     checkpointing.check_compatible(saved, ident, "ckpt", resume=True)
   checkpointing.check_compatible(saved, ident, "ckpt", resume=False)  # eval, export: fine
+
+
+def test_the_resolved_training_order_is_compared_not_the_flag():
+  # --shuffle=auto reads rows from RAM and blocks from a memory-mapped split: a resume
+  # whose split resolves to another order than the checkpoint's is refused, naming --shuffle.
+  saved = {"identity": checkpointing.identity(Config(), NAMES, SIZES, order="rows")}
+  blocks = checkpointing.identity(Config(), NAMES, SIZES, order="blocks")
+  with pytest.raises(CheckpointMismatch, match="shuffle: checkpoint 'rows', now 'blocks'"):
+    checkpointing.check_compatible(saved, blocks, "ckpt", resume=True)
+  # Block sizes change nothing while rows are read ...
+  rows = checkpointing.identity(Config(shuffle_block_rows=1024), NAMES, SIZES, order="rows")
+  checkpointing.check_compatible(saved, rows, "ckpt", resume=True)
+  # ... but do while blocks are read.
+  saved = {"identity": blocks}
+  other = checkpointing.identity(Config(shuffle_block_rows=1024), NAMES, SIZES, order="blocks")
+  with pytest.raises(CheckpointMismatch, match="shuffle_block_rows"):
+    checkpointing.check_compatible(saved, other, "ckpt", resume=True)
+
+
+def test_checkpoints_from_before_the_block_shuffle_read_rows():
+  ident = checkpointing.identity(Config(), NAMES, SIZES, order="blocks")
+  with pytest.raises(CheckpointMismatch, match="shuffle: checkpoint 'rows'"):
+    checkpointing.check_compatible(_older(ident), ident, "ckpt", resume=True)

@@ -94,7 +94,8 @@ ADDED_FIELDS = {
   "pooling": "sum",
   "data_sub_sample_rate": 0.0,
   "vocabulary": "train",
-  "shuffle": "auto",
+  # Checkpoints from before --shuffle read every epoch as a permutation of rows.
+  "shuffle": "rows",
   "shuffle_block_rows": 1 << 18,
   "shuffle_buffer_blocks": 4,
   "dcn_num_layers": 0,
@@ -113,13 +114,30 @@ class Restored:
   path: str
 
 
-def identity(config: Config, table_names: Sequence[str], table_sizes: Sequence[int]) -> dict:
-  """The fields compared on restore, as JSON values."""
+BLOCK_FIELDS = ("shuffle_block_rows", "shuffle_buffer_blocks")
+
+
+def identity(
+  config: Config, table_names: Sequence[str], table_sizes: Sequence[int], order: str = "rows"
+) -> dict:
+  """The fields compared on restore, as JSON values; ``order``: the training order it resolved."""
   values = dataclasses.asdict(config)
   out = {k: values[k] for k in MODEL_FIELDS + TRAINING_FIELDS if k in values}
+  out.update(_order_identity(order, config))
   out.update(table_names=list(table_names), table_sizes=[int(s) for s in table_sizes])
   out["adagrad_update"] = ADAGRAD_UPDATE
   return json.loads(json.dumps(out))  # tuples -> lists, as they come back from JSON
+
+
+def _order_identity(order: str, config: Config) -> dict:
+  """The training order as it resolved (--shuffle=auto depends on the split's size).
+
+  A resume compares what the loader does, not the flag: auto resolving to another order
+  must be refused, and the block flags change nothing while rows are read.
+  """
+  if order == "rows":
+    return {"shuffle": "rows", **{k: ADDED_FIELDS[k] for k in BLOCK_FIELDS}}
+  return {"shuffle": order, **{k: getattr(config, k) for k in BLOCK_FIELDS}}
 
 
 def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> None:

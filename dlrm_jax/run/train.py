@@ -56,7 +56,9 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   total_steps = config.max_steps or config.num_epochs * train_loader.batches_per_epoch
 
   store = checkpointing.CheckpointStore(config.workdir, keep=config.keep_checkpoints)
-  identity = checkpointing.identity(config, meta["sparse_names"], c.table_sizes)
+  identity = checkpointing.identity(
+    config, meta["sparse_names"], c.table_sizes, order=train_loader.order
+  )
   try:
     return _train(
       c,
