@@ -9,9 +9,11 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from sharding_testlib import DIM, Sharded, make_batch
 
+from dlrm_jax.model import policy
 from dlrm_jax.model.dlrm import DenseModel
 
 MODELS = {
@@ -69,3 +71,24 @@ def test_parameters_stay_f32_in_bf16():
   model = DenseModel(**MODELS["dcnv2"], dtype=jnp.bfloat16)
   params = model.init(jax.random.key(0), jnp.ones((4, 13)), jnp.ones((4, 3, DIM)))["params"]
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+
+
+def test_bf16_dense_gradients_match_numpy_on_rounded_operands():
+  """policy.dense's custom VJP against the formula in NumPy, on bf16-rounded x, kernel and g.
+
+  x[B, T, K] as the shared embedding MLP sees it. The only rounding left is
+  the gradients' own bf16 output (relative 2^-9).
+  """
+  x = jax.random.normal(jax.random.key(0), (6, 3, 40))
+  kernel = jax.random.normal(jax.random.key(1), (40, 24))
+  loss = lambda x, k: jnp.sum(jnp.sin(policy.dense(x, k, jnp.bfloat16)))  # noqa: E731
+  dx, dk = jax.grad(loss, (0, 1))(x, kernel)
+
+  def rounded(a):
+    return np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+  xr, kr = rounded(x), rounded(kernel)
+  g = rounded(np.cos(np.einsum("btk,kn->btn", xr, kr)))
+  want_dx, want_dk = np.einsum("btn,kn->btk", g, kr), np.einsum("btk,btn->kn", xr, g)
+  np.testing.assert_allclose(dx, want_dx, rtol=2**-8, atol=1e-6 * np.abs(want_dx).max())
+  np.testing.assert_allclose(dk, want_dk, rtol=2**-8, atol=1e-6 * np.abs(want_dk).max())

@@ -56,20 +56,26 @@ def _low_dense_raw(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _low_dense_fwd(x, kernel):
-  return _low_dense_raw(x, kernel), (x, kernel)
+  # The weight gradient's dot runs faster on XLA:CPU with x contiguous as
+  # [K, M] (M: the leading axes flattened) than contracting x's leading axis
+  # (issue 20: 363 against 131 GFLOP/s on a 2048 x 512 x 256 layer). The
+  # barrier stops XLA from folding the transpose back into that dot.
+  xt = lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)
+  return _low_dense_raw(x, kernel), (xt, kernel)
 
 
 def _low_dense_bwd(residuals, g):
   # Autodiff would hand the f32 cotangent g to the two transposed dots, which
   # then run f32 x bf16 (upcast to f32) at the f32 rate: cast it down first, so
   # that the backward dots also take bf16 operands and accumulate in f32.
-  x, kernel = residuals
-  g = g.astype(x.dtype)
-  lead = tuple(range(x.ndim - 1))
-  # dx[..., K] = g[..., N] . kernel[K, N] over N; dkernel[K, N] = x . g over the leading axes.
-  dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())), **dot_kwargs(x.dtype))
-  dk = lax.dot_general(x, g, ((lead, lead), ((), ())), **dot_kwargs(x.dtype))
-  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+  xt, kernel = residuals
+  g = g.astype(kernel.dtype)
+  kw = dot_kwargs(kernel.dtype)
+  # dx[..., K] = g[..., N] . kernel[K, N] over N, no transpose of the kernel;
+  # dkernel[K, N] = xt[K, M] . g[M, N].
+  dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())), **kw)
+  dk = lax.dot_general(xt, g.reshape(-1, g.shape[-1]), (((1,), (0,)), ((), ())), **kw)
+  return dx.astype(kernel.dtype), dk.astype(kernel.dtype)
 
 
 _low_dense_raw.defvjp(_low_dense_fwd, _low_dense_bwd)
