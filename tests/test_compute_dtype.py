@@ -29,19 +29,19 @@ def _test_auc(work) -> float:
 
 
 # At the tiny run's size (40 steps, 1429 test rows) the cross nets' test AUC
-# moves by more than 0.002 under any bf16-sized perturbation, in either
-# direction: f32 0.6757 / 0.6715 (dcn / dcnv2); bf16 everywhere 0.6629 / 0.6680;
-# bf16 forward with f32 backward 0.6868 / 0.6349; cross nets kept f32 0.6771
-# (dcn). f32 perturbations (2 or 4 devices) leave it unchanged. Kept here,
-# expected to fail, until a size that resolves 0.002 fits the suite's budget.
-CROSS_AUC_NOISE = pytest.mark.xfail(
-  reason="tiny-run AUC of dcn/dcnv2 moves > 0.002 under bf16 rounding", strict=False
+# moves by more than 0.002 under bf16 rounding: f32 0.6757 / 0.6715 (dcn /
+# dcnv2), bf16 0.6629 / 0.6680; bf16 forward with f32 backward 0.6868 / 0.6349.
+# Longer runs (--synthetic_rows=100000, 200 and 400 steps) put dcn within
+# 0.0006 and 0.00004 of f32, but dcnv2 0.0020 and 0.0035 below it: a real bf16
+# loss of DCN-V2's cross net, open. Kept here, expected to fail.
+CROSS_AUC_GAP = pytest.mark.xfail(
+  reason="dcn: tiny-run noise; dcnv2: 0.002-0.0035 below f32 in bf16", strict=False
 )
 
 
 @pytest.mark.parametrize(
   "interaction",
-  ["dot", pytest.param("dcn", marks=CROSS_AUC_NOISE), pytest.param("dcnv2", marks=CROSS_AUC_NOISE)],
+  ["dot", pytest.param("dcn", marks=CROSS_AUC_GAP), pytest.param("dcnv2", marks=CROSS_AUC_GAP)],
 )
 def test_bf16_run_matches_f32_auc_and_saves_f32(tmp_path, interaction):
   data = tmp_path / "data"
