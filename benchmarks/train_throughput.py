@@ -1,11 +1,16 @@
 """Train-step throughput of the Criteo-Kaggle-size DLRM (or MLPerf's) on random ids.
 
 python benchmarks/train_throughput.py [--batch_sizes=128,2048] [--steps=30]
-    [--steps_per_call=1] [--compute_dtype=float32] [--model=kaggle|mlperf] [--max_table_rows=0]
+    [--steps_per_call=1] [--compute_dtype=float32|bfloat16|both] [--model=kaggle|mlperf]
+    [--max_table_rows=0]
 
-Prints, per batch size: samples/s (median over timed windows), the model's
-GFLOP/s against a same-process XLA f32 matmul's GFLOP/s, and peak RSS against
-the bytes of tables + optimizer state + dense parameters. With
+Prints, per batch size and compute dtype: samples/s (median over timed windows),
+the model's GFLOP/s against the fastest of three same-process 2048x512x512 XLA
+matmuls (f32; bf16 x bf16 -> f32, the form of --compute_dtype=bfloat16's dots;
+bf16 x bf16 -> bf16), its ratio to the matmul of its own dtype, and peak RSS
+against the bytes of tables + optimizer state + dense parameters. ``both`` times
+bf16 and f32 steps in alternating windows of one process, on one shared state,
+and prints bf16's speed-up over f32. With
 --multi_hot_sizes, then the same model with bags of those sizes (sum pooling,
 one step per call): samples/s and ids/s against the one-hot figure, each also
 normalised by the matmul timed in its own windows.
@@ -48,7 +53,11 @@ flags.DEFINE_integer(
   "up to whole calls.",
 )
 flags.DEFINE_enum(
-  "compute_dtype", "float32", ["float32", "bfloat16"], "MLP and interaction matmul dtype."
+  "compute_dtype",
+  "float32",
+  ["float32", "bfloat16", "both"],
+  "Operand dtype of the model's dots (model/policy.py); both = bfloat16 and float32 in "
+  "alternating windows of one process.",
 )
 flags.DEFINE_enum(
   "model",
@@ -101,14 +110,27 @@ def model_flops_per_sample(dim: int, num_tables: int, bottom=BOTTOM, top=TOP) ->
   return 3 * 2 * forward_macs
 
 
-_matmul = jax.jit(lambda a, b: a @ b)
+# The three matmul forms: (operand dtype, result dtype).
+MATMULS = {
+  "f32": (jnp.float32, jnp.float32),
+  "bf16->f32": (jnp.bfloat16, jnp.float32),
+  "bf16->bf16": (jnp.bfloat16, jnp.bfloat16),
+}
+# The form the model's dots take under each --compute_dtype (model/policy.py).
+OWN_MATMUL = {"float32": "f32", "bfloat16": "bf16->f32"}
 
 
-def matmul_gflops(n=2048, k=512, m=512, reps=20) -> float:
-  """The machine's attainable f32 GFLOP/s right now (median of ``reps`` matmuls)."""
-  a = jnp.ones((n, k), jnp.float32)
-  b = jnp.ones((k, m), jnp.float32)
-  f = _matmul
+@functools.cache
+def _matmul(out_dtype):
+  return jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=out_dtype))
+
+
+def matmul_gflops(n=2048, k=512, m=512, reps=20, form="f32") -> float:
+  """Attainable GFLOP/s of matmul ``form`` (MATMULS) right now: median of ``reps``."""
+  dtype, out_dtype = MATMULS[form]
+  a = jnp.ones((n, k), dtype)
+  b = jnp.ones((k, m), dtype)
+  f = _matmul(out_dtype)
   f(a, b).block_until_ready()
   times = []
   for _ in range(reps):
@@ -174,22 +196,36 @@ def multi_hot_report(specs, bottom, top, one_hot: dict[int, tuple[float, float]]
     )
 
 
-def reference_model(specs, mesh, optimizer: str = "sgd", *, bottom, top, compute_dtype="float32"):
-  """The reference architecture over ``specs``: (step_for, initial state).
+def reference_models(specs, mesh, optimizer: str = "sgd", *, bottom, top, compute_dtypes):
+  """The reference architecture over ``specs`` in each dtype: ({dtype: step_for}, state).
 
   ``step_for(K)`` is the jitted train step taking K stacked batches per call
-  (``stack_batches``; one plain batch for K = 1).
+  (``stack_batches``; one plain batch for K = 1). Parameters are f32 in every
+  dtype, so all the steps take (and donate) the one state.
   """
   dim = specs[0].dim
   sparse_opt = SparseOptimizer(optimizer, 0.1)
   slot_floats = sparse_opt.slot_floats_per_row(dim)
   layout = plan_layout(specs, model_size(mesh), slot_floats_per_row=slot_floats)
-  model = DenseModel(bottom, top, "dot", dtype=jnp.dtype(compute_dtype))
+  models = {d: DenseModel(bottom, top, "dot", dtype=jnp.dtype(d)) for d in compute_dtypes}
   tx = dense_optimizer(optimizer, 0.1)
-  state = create_train_state(model, layout, sparse_opt, tx, mesh, jax.random.key(0))
+  first = models[compute_dtypes[0]]
+  state = create_train_state(first, layout, sparse_opt, tx, mesh, jax.random.key(0))
   jax.block_until_ready(state)
   abstract = jax.eval_shape(lambda s: s, state)
-  return functools.partial(make_train_step, model, layout, sparse_opt, tx, mesh, abstract), state
+  steps = {
+    d: functools.partial(make_train_step, m, layout, sparse_opt, tx, mesh, abstract)
+    for d, m in models.items()
+  }
+  return steps, state
+
+
+def reference_model(specs, mesh, optimizer: str = "sgd", *, bottom, top, compute_dtype="float32"):
+  """The reference architecture over ``specs``: (step_for, initial state); see reference_models."""
+  steps, state = reference_models(
+    specs, mesh, optimizer, bottom=bottom, top=top, compute_dtypes=(compute_dtype,)
+  )
+  return steps[compute_dtype], state
 
 
 def reference_step(specs, mesh, optimizer: str = "sgd", *, bottom=BOTTOM, top=TOP):
@@ -227,11 +263,13 @@ def main(argv):
     sizes = [min(s, FLAGS.max_table_rows) for s in sizes]
   if FLAGS.steps_per_call < 0:
     raise app.UsageError(f"--steps_per_call={FLAGS.steps_per_call}: must be >= 1, or 0 for auto")
+  both = FLAGS.compute_dtype == "both"
+  dtypes = ("bfloat16", "float32") if both else (FLAGS.compute_dtype,)
   mesh = make_mesh()
   specs = table_specs(list(SPARSE_NAMES), list(sizes), dim)
   t0 = time.perf_counter()
-  step_for, state = reference_model(
-    specs, mesh, FLAGS.optimizer, bottom=bottom, top=top, compute_dtype=FLAGS.compute_dtype
+  step_fors, state = reference_models(
+    specs, mesh, FLAGS.optimizer, bottom=bottom, top=top, compute_dtypes=dtypes
   )
   init_s = time.perf_counter() - t0
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
@@ -240,55 +278,75 @@ def main(argv):
     f"devices: {jax.device_count()} x {jax.devices()[0].platform}; tables: {len(specs)} "
     f"{FLAGS.model} sizes, {sum(s.rows for s in specs):,} rows, dim {dim}; bottom "
     f"{'-'.join(map(str, bottom))}, top {'-'.join(map(str, top))}; optimizer "
-    f"{FLAGS.optimizer}; {FLAGS.compute_dtype} matmuls"
+    f"{FLAGS.optimizer}; {' and '.join(dtypes)} dots"
   )
   print(
     f"state: {state_bytes / 2**30:.2f} GiB (tables + optimizer state + dense params); "
     f"initialised in {init_s:.1f} s; model {flops / 1e6:.2f} MFLOP/sample (fwd+bwd)"
   )
   rng = np.random.default_rng(0)
-  rows = []
+  rows, speedups = [], {}
   for batch_size in map(int, FLAGS.batch_sizes):
     k = FLAGS.steps_per_call or auto_steps_per_call(batch_size)
     steps = -(-FLAGS.steps // k) * k  # whole calls
-    step = step_for(k)
+    step = {d: step_fors[d](k) for d in dtypes}
     batches = [random_batch(rng, specs, batch_size, mesh) for _ in range(8)]
     if k > 1:
       batches = stack_batches(batches, k, mesh)
-    _, state = timed_window(step, state, batches, 1)  # compile
-    # Step windows alternate with matmul windows so both see the same machine
-    # load; the ratio is the median of per-window ratios.
-    rates, matmuls = [], []
+    for d in dtypes:
+      _, state = timed_window(step[d], state, batches, 1)  # compile
+    # Step windows (of each dtype) alternate with matmul windows so all see
+    # the same machine load; ratios are medians of per-window ratios.
+    rates = {d: [] for d in dtypes}
+    matmuls = {form: [] for form in MATMULS}
     for _ in range(FLAGS.windows):
-      seconds, state = timed_window(step, state, batches, steps // k)
-      rates.append(steps * batch_size / seconds)
-      matmuls.append(matmul_gflops(reps=10))
-    ratios = [r * flops / 1e9 / mm for r, mm in zip(rates, matmuls, strict=True)]
-    rows.append(
-      (
-        batch_size,
-        k,
-        statistics.median(rates),
-        statistics.median(rates) * flops / 1e9,
-        statistics.median(matmuls),
-        statistics.median(ratios),
+      for d in dtypes:
+        seconds, state = timed_window(step[d], state, batches, steps // k)
+        rates[d].append(steps * batch_size / seconds)
+      for form in MATMULS:
+        matmuls[form].append(matmul_gflops(reps=10, form=form))
+    fastest = [max(w) for w in zip(*matmuls.values(), strict=True)]
+    for d in dtypes:
+      gflops = [r * flops / 1e9 for r in rates[d]]
+      own = matmuls[OWN_MATMUL[d]]
+      rows.append(
+        (
+          batch_size,
+          statistics.median(rates[d]),
+          statistics.median(gflops),
+          statistics.median(fastest),
+          statistics.median([g / mm for g, mm in zip(gflops, fastest, strict=True)]),
+          k,
+          d,
+          statistics.median([g / mm for g, mm in zip(gflops, own, strict=True)]),
+          *(statistics.median(matmuls[form]) for form in MATMULS),
+        )
       )
-    )
+    if both:
+      ratios = [b / f for b, f in zip(rates["bfloat16"], rates["float32"], strict=True)]
+      speedups[batch_size] = statistics.median(ratios)
   rss = peak_rss_bytes()
   # Columns 1-5 keep their places: ../shared/peers/peer_throughput.sh reads them.
+  # ratio: to the fastest matmul; own: to the matmul of the step's own dtype.
   print(
     f"{'batch':>6} {'samples/s':>10} {'model GFLOP/s':>14} {'matmul GFLOP/s':>15} {'ratio':>6} "
-    f"{'steps/call':>10}"
+    f"{'steps/call':>10} {'dtype':>9} {'own':>5} "
+    + " ".join(f"{form + ' GFLOP/s':>18}" for form in MATMULS)
   )
-  for batch_size, k, rate, model_gflops, mm, ratio in rows:
-    print(f"{batch_size:>6} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {ratio:>6.2f} {k:>10}")
+  for batch_size, rate, model_gflops, mm, ratio, k, d, own, *forms in rows:
+    print(
+      f"{batch_size:>6} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {ratio:>6.2f} {k:>10} "
+      f"{d:>9} {own:>5.2f} " + " ".join(f"{g:>18.1f}" for g in forms)
+    )
+  for batch_size, speedup in speedups.items():
+    print(f"bfloat16 / float32 samples/s at batch {batch_size}: {speedup:.2f} (median of windows)")
   print(
     f"peak RSS {rss / 2**30:.2f} GiB = {rss / state_bytes:.2f} x state "
     f"({state_bytes / 2**30:.2f} GiB)"
   )
   if FLAGS.multi_hot_sizes:
     del step, state  # one model's tables in memory at a time
-    multi_hot_report(specs, bottom, top, {r[0]: (r[2], r[4]) for r in rows})
+    multi_hot_report(specs, bottom, top, {r[0]: (r[1], r[8]) for r in rows if r[6] == dtypes[0]})
 
 
 if __name__ == "__main__":

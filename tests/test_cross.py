@@ -9,7 +9,8 @@ import pytest
 
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.model.cross import LowRankCrossNet, VectorCrossNet
-from dlrm_jax.model.dlrm import DenseModel, EmbeddingMLP
+from dlrm_jax.model.dlrm import DenseModel
+from dlrm_jax.model.mlp import EmbeddingMLP
 from dlrm_jax.train.components import Components, dense_model, parameter_counts
 
 KAGGLE_ROWS = (

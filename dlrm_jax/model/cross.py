@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from dlrm_jax.model import policy
 
 # Depth used when --dcn_num_layers=0: the DLRM paper's DCN comparison and MLPerf DLRM-DCNv2.
 REFERENCE_NUM_LAYERS = {"dcn": 6, "dcnv2": 3}
 
 
-def xavier_normal(key, shape, dtype=jnp.float32):
-  """torch.nn.init.xavier_normal_ on a 2-D [a, b] tensor: N(0, sqrt(2 / (a + b))), untruncated.
-
-  (jax.nn.initializers.glorot_normal truncates, so it is not used.) Symmetric
-  in a and b, so storing a matrix transposed does not change its law.
-  """
-  a, b = shape
-  return jax.random.normal(key, shape, dtype) * jnp.sqrt(2.0 / (a + b)).astype(dtype)
+def _vector_init(key, shape, dtype=jnp.float32) -> jax.Array:
+  """xavier-normal of a [d, 1] matrix, as a vector f32[d]."""
+  return policy.reference_normal(key, (shape[0], 1), dtype)[:, 0]
 
 
 def stack_features(bottom: jax.Array, emb: jax.Array) -> jax.Array:
@@ -32,9 +31,11 @@ class VectorCrossNet(nn.Module):
   ``VectorCrossNet`` (the DCN-V1 module of torchrec.modules.crossnet):
   ``w_l`` xavier-normal as a [d, 1] matrix, i.e. N(0, sqrt(2 / (d + 1))), and
   ``b_l`` zero. Parameters: ``kernel_l`` f32[d], ``bias_l`` f32[d] per layer.
+  ``dtype``: the dots' operand dtype (policy.py); everything else stays f32.
   """
 
   num_layers: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x0: jax.Array) -> jax.Array:
@@ -42,9 +43,9 @@ class VectorCrossNet(nn.Module):
     d = x0.shape[-1]
     x = x0
     for layer in range(self.num_layers):
-      w = self.param(f"kernel_{layer}", lambda k, s: xavier_normal(k, (s[0], 1))[:, 0], (d,))
+      w = self.param(f"kernel_{layer}", _vector_init, (d,))
       b = self.param(f"bias_{layer}", nn.initializers.zeros, (d,))
-      x = x0 * (x @ w)[:, None] + b + x
+      x = x0 * policy.dense(x, w[:, None], self.dtype) + b + x
     return x
 
 
@@ -59,11 +60,13 @@ class LowRankCrossNet(nn.Module):
 
   Parameters are stored transposed for row-vector batches, ``y = x @ v @ u``:
   ``v_l`` f32[d, r] = V_l^T, ``u_l`` f32[r, d] = U_l^T (full rank: ``w_l``
-  f32[d, d] = W_l^T), ``bias_l`` f32[d].
+  f32[d, d] = W_l^T), ``bias_l`` f32[d]. ``dtype``: the dots' operand dtype
+  (policy.py); everything else stays f32.
   """
 
   num_layers: int
   low_rank_dim: int = 0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x0: jax.Array) -> jax.Array:
@@ -72,11 +75,12 @@ class LowRankCrossNet(nn.Module):
     x = x0
     for layer in range(self.num_layers):
       if r:
-        v = self.param(f"v_{layer}", xavier_normal, (d, r))
-        u = self.param(f"u_{layer}", xavier_normal, (r, d))
-        y = (x @ v) @ u
+        v = self.param(f"v_{layer}", policy.reference_normal, (d, r))
+        u = self.param(f"u_{layer}", policy.reference_normal, (r, d))
+        y = policy.dense(policy.dense(x, v, self.dtype), u, self.dtype)
       else:
-        y = x @ self.param(f"w_{layer}", xavier_normal, (d, d))
+        w = self.param(f"w_{layer}", policy.reference_normal, (d, d))
+        y = policy.dense(x, w, self.dtype)
       b = self.param(f"bias_{layer}", nn.initializers.zeros, (d,))
       x = x0 * (y + b) + x
     return x

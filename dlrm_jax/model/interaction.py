@@ -7,7 +7,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+
+from dlrm_jax.model import policy
 
 INTERACTIONS = ("dot", "cat", "dcn", "dcnv2")  # dcn, dcnv2: Flax modules in cross.py
 
@@ -31,19 +32,19 @@ def _pair_indices(num_features: int, itself: bool) -> tuple[np.ndarray, np.ndarr
   return pairs, symmetric.reshape(-1), diagonal.reshape(-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _gram_pairs(features: jax.Array, itself: bool, precision) -> jax.Array:
-  """f32[B, F, D] -> f32[B, P]: the kept pairs' dot products."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _gram_pairs(features: jax.Array, itself: bool) -> jax.Array:
+  """[B, F, D] in the operand dtype (policy.py) -> f32[B, P]: the kept pairs' dot products."""
   pairs, _, _ = _pair_indices(features.shape[1], itself)
-  gram = jnp.einsum("bid,bjd->bij", features, features, precision=precision)
+  gram = jnp.einsum("bid,bjd->bij", features, features, **policy.dot_kwargs(features.dtype))
   return gram.reshape(gram.shape[0], -1)[:, pairs]
 
 
-def _gram_pairs_fwd(features, itself, precision):
-  return _gram_pairs(features, itself, precision), features
+def _gram_pairs_fwd(features, itself):
+  return _gram_pairs(features, itself), features
 
 
-def _gram_pairs_bwd(itself, precision, features, dz):
+def _gram_pairs_bwd(itself, features, dz):
   # d(x_i . x_j) reaches x_i as dz_ij x_j and x_j as dz_ij x_i, so the
   # cotangent is S @ X with S the symmetric matrix of the pairs' dz (twice dz
   # on a kept diagonal). One batched matmul, where autodiff of the einsum runs
@@ -55,31 +56,39 @@ def _gram_pairs_bwd(itself, precision, features, dz):
   s = padded[:, symmetric]
   if itself:
     s = s * diagonal.astype(s.dtype)
-  s = s.reshape(b, f, f)
-  return (jnp.einsum("bij,bjd->bid", s, features, precision=precision),)
+  # In the operand dtype, so that the backward dot runs as the forward one (policy.py).
+  s = s.reshape(b, f, f).astype(features.dtype)
+  ds = jnp.einsum("bij,bjd->bid", s, features, **policy.dot_kwargs(features.dtype))
+  return (ds.astype(features.dtype),)
 
 
 _gram_pairs.defvjp(_gram_pairs_fwd, _gram_pairs_bwd)
 
 
-def dot_interaction(bottom: jax.Array, emb: jax.Array, itself: bool = False) -> jax.Array:
+def dot_interaction(
+  bottom: jax.Array, emb: jax.Array, itself: bool = False, dtype=jnp.float32
+) -> jax.Array:
   """Pairwise dot products, as the reference's ``interact_features('dot')``.
 
   Args:
     bottom: f32[B, D] bottom MLP output.
     emb: f32[B, T, D] embeddings.
     itself: keep the diagonal (each vector's dot product with itself).
+    dtype: the dots' operand dtype (policy.py).
   Returns:
     f32[B, D + P] with P = F(F-1)/2 (F(F+1)/2 with ``itself``), F = T + 1.
   """
   features = jnp.concatenate([bottom[:, None, :], emb.astype(bottom.dtype)], axis=1)
-  # f32: HIGHEST, so GPUs do not round the inputs to TF32 (the reference does not).
-  precision = lax.Precision.HIGHEST if features.dtype == jnp.float32 else None
-  return jnp.concatenate([bottom, _gram_pairs(features, itself, precision)], axis=1)
+  pairs = _gram_pairs(features.astype(dtype), itself)
+  return jnp.concatenate([bottom, pairs.astype(bottom.dtype)], axis=1)
 
 
 def cat_interaction(bottom: jax.Array, emb: jax.Array) -> jax.Array:
-  """Concatenation: f32[B, D] and f32[B, T, D] -> f32[B, D + T*D]."""
+  """Concatenation: f32[B, D] and f32[B, T, D] -> f32[B, D + T*D].
+
+  No dot here: the top MLP's first layer casts the result to the operand
+  dtype (policy.py).
+  """
   return jnp.concatenate([bottom, emb.astype(bottom.dtype).reshape(emb.shape[0], -1)], axis=1)
 
 
@@ -93,9 +102,12 @@ def interaction_width(kind: str, num_tables: int, dim: int, itself: bool = False
   raise ValueError(f"--interaction={kind!r}: must be one of {', '.join(INTERACTIONS)}")
 
 
-def interact(kind: str, bottom: jax.Array, emb: jax.Array, itself: bool = False) -> jax.Array:
+def interact(
+  kind: str, bottom: jax.Array, emb: jax.Array, itself: bool = False, dtype=jnp.float32
+) -> jax.Array:
+  """The dot or cat interaction of [bottom, emb]; ``dtype``: the dots' operand dtype."""
   if kind == "dot":
-    return dot_interaction(bottom, emb, itself)
+    return dot_interaction(bottom, emb, itself, dtype)
   if kind == "cat":
     return cat_interaction(bottom, emb)
   raise ValueError(f"--interaction={kind!r}: must be one of {', '.join(INTERACTIONS)}")
