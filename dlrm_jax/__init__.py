@@ -15,8 +15,8 @@ from typing import Any
 _EXPORTS = {
   # Flax modules (model/)
   "DenseModel": "dlrm_jax.model.dlrm",
-  "MLP": "dlrm_jax.model.dlrm",
-  "EmbeddingMLP": "dlrm_jax.model.dlrm",
+  "MLP": "dlrm_jax.model.mlp",
+  "EmbeddingMLP": "dlrm_jax.model.mlp",
   "dot_interaction": "dlrm_jax.model.interaction",
   "cat_interaction": "dlrm_jax.model.interaction",
   "interaction_width": "dlrm_jax.model.interaction",

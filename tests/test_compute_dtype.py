@@ -1,4 +1,4 @@
-"""--compute_dtype=bfloat16: bf16 dots, f32 storage, test AUC close to f32 for dot, dcn, dcnv2."""
+"""--compute_dtype=bfloat16: bf16 dots, f32 storage, test AUC close to f32 for dot and dcn."""
 
 import json
 
@@ -28,31 +28,25 @@ def _test_auc(work) -> float:
   return next(r["auc"] for r in records if r.get("split") == "test")
 
 
-# At the tiny run's size (40 steps, 1429 test rows) the cross nets' test AUC
-# moves by more than 0.002 under bf16 rounding: f32 0.6757 / 0.6715 (dcn /
-# dcnv2), bf16 0.6629 / 0.6680; bf16 forward with f32 backward 0.6868 / 0.6349.
-# Longer runs (--synthetic_rows=100000, 200 and 400 steps) put dcn within
-# 0.0006 and 0.00004 of f32, but dcnv2 0.0020 and 0.0035 below it: a real bf16
-# loss of DCN-V2's cross net (its dots in f32, the rest bf16: 0.7728 against
-# f32 0.7732 at 400 steps), open. Kept here, expected to fail.
-CROSS_AUC_GAP = pytest.mark.xfail(
-  reason="dcn: tiny-run noise; dcnv2: 0.002-0.0035 below f32 in bf16", strict=False
-)
+# At the tiny run's size (40 steps, 1429 test rows) a cross net's test AUC moves by more
+# than 0.002 under any rounding change (dcn f32 0.6757, bf16 0.6629), so dcn is compared
+# after 400 steps on 100k rows, where bf16 and f32 agree (0.76808 / 0.76812). DCN-V2 is
+# not claimed: at that size bf16 is 0.0035 below f32 (0.7697 / 0.7732), a loss in its
+# cross net (docs/performance.md, "bf16"); issue 20 keeps it open.
+LONGER = ("--synthetic_rows=100000", "--max_steps=400")
 
 
-@pytest.mark.parametrize(
-  "interaction",
-  ["dot", pytest.param("dcn", marks=CROSS_AUC_GAP), pytest.param("dcnv2", marks=CROSS_AUC_GAP)],
-)
-def test_bf16_run_matches_f32_auc_and_saves_f32(tmp_path, interaction):
+@pytest.mark.parametrize("interaction, size", [("dot", ()), ("dcn", LONGER)])
+def test_bf16_run_matches_f32_auc_and_saves_f32(tmp_path, interaction, size):
   data = tmp_path / "data"
   aucs = {}
   for dtype in ("float32", "bfloat16"):
     work = tmp_path / dtype
-    proc = run_main(work, data, f"--compute_dtype={dtype}", f"--interaction={interaction}")
+    proc = run_main(work, data, f"--compute_dtype={dtype}", f"--interaction={interaction}", *size)
     assert proc.returncode == 0, proc.stderr[-3000:]
     aucs[dtype] = _test_auc(work)
   assert abs(aucs["bfloat16"] - aucs["float32"]) <= 0.002, aucs
-  saved = read_state(tmp_path / "bfloat16" / "checkpoints" / "40")
+  last = sorted((tmp_path / "bfloat16" / "checkpoints").iterdir(), key=lambda p: int(p.name))[-1]
+  saved = read_state(last)
   floats = {k: v.dtype for k, v in saved.items() if np.issubdtype(v.dtype, np.floating)}
   assert floats and set(floats.values()) == {np.dtype(np.float32)}, floats

@@ -15,7 +15,7 @@ from dlrm_jax.model.mlp import MLP, EmbeddingMLP
 
 
 class DenseModel(nn.Module):
-  """Everything but the embedding tables, which live beside it (see embedding.py).
+  """Everything but the embedding tables, which live beside it (see sharding/exchange.py).
 
   Attributes:
     bottom_mlp: widths after the 13 dense inputs (ReLU after each); the last
