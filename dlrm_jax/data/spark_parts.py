@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dlrm_jax.data import bad_rows, columns, spark_tasks, store, streaming
+from dlrm_jax.data import bad_rows, columns, spark_tasks, streaming
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import splits as splits_lib
 from dlrm_jax.data import vocab as vocab_lib
@@ -49,7 +49,8 @@ def assemble(out_dir, parts_dir, parts, options, file_lines, num_lines, report, 
     for p in parts:
       src = spark_tasks.part_dir(parts_dir, p["index"])
       for prefix in [s for s in (*splits_lib.SPLITS, spark_tasks.LAST_DAY) if s in p["split_rows"]]:
-        arrays = {f: np.load(os.path.join(src, f"{prefix}_{f}.npy")) for f in store.FIELDS}
+        names = {"dense": "dense", "label": "label", "sparse": spark_tasks.IDS}
+        arrays = {f: np.load(os.path.join(src, f"{prefix}_{n}.npy")) for f, n in names.items()}
         n = arrays["label"].shape[0]
         cuts = [(prefix, 0, n)]
         if prefix == spark_tasks.LAST_DAY:

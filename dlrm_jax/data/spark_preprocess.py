@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
       range_bytes=args.range_mb << 20,
       overwrite=args.overwrite,
     )
-  except (ValueError, FileNotFoundError) as e:  # BadRowError is a ValueError
+  except (ValueError, OSError) as e:  # BadRowError is a ValueError; OSError: files, out_dir
     parser.error(str(e))
   rows = meta["num_rows"]
   print(

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from dlrm_jax.data import bad_rows, columns, parallel_parse, streaming, tsv_parser
+from dlrm_jax.data import bad_rows, columns, parallel_parse, store, streaming, tsv_parser
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import splits as splits_lib
 from dlrm_jax.data import vocab as vocab_lib
 
 COUNTS_FILE = "counts.npz"
+IDS = "ids"  # a part's sparse ids, beside its raw values ({prefix}_sparse.npy)
 # Terabyte's last day, before it is cut into test and validation (by kept rows, on the driver).
 LAST_DAY = "last"
 
@@ -159,19 +160,23 @@ def parse_range(job: Job, item: tuple[Range, int, int]) -> dict[str, Any]:
 
 
 def remap_part(parts_dir: str, tables: Any, vocabulary: str, item: tuple[int, list[str]]) -> int:
-  """Task: replace the raw values of one part's sparse files by ids (tables: a broadcast of
-  vocab.IdTable per feature, or the list itself). Returns the rows remapped."""
+  """Task: one part's raw values -> ids, written beside them as {prefix}_ids.npy (a new file, so
+  a retried or speculative copy of the task writes the same bytes). tables: a broadcast of
+  vocab.IdTable per feature, or the list itself. Returns the rows remapped."""
   index, prefixes = item
   tables = getattr(tables, "value", tables)
   out, done = part_dir(parts_dir, index), 0
   with ThreadPoolExecutor(max_workers=2) as pool:
     for prefix in prefixes:
-      sparse = np.load(os.path.join(out, f"{prefix}_sparse.npy"), mmap_mode="r+")
+      sparse = np.load(os.path.join(out, f"{prefix}_sparse.npy"), mmap_mode="r")
       missing = np.load(os.path.join(out, f"{prefix}_missing.npy"), mmap_mode="r")
+      path = os.path.join(out, f"{prefix}_{IDS}.npy")
+      ids = columns.NpyAppender(path + store.PARTIAL, np.int32, (cf.NUM_SPARSE,))
       for a in range(0, sparse.shape[0], columns.REMAP_BLOCK_ROWS):
         b = min(a + columns.REMAP_BLOCK_ROWS, sparse.shape[0])
-        sparse[a:b] = columns.remap_block(sparse[a:b], missing[a:b], tables, pool, vocabulary)
-      sparse.flush()
+        ids.append(columns.remap_block(sparse[a:b], missing[a:b], tables, pool, vocabulary))
+      ids.close()
+      os.replace(path + store.PARTIAL, path)
       done += sparse.shape[0]
       del sparse, missing
   return done
