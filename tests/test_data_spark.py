@@ -138,3 +138,15 @@ def test_cli_refuses_bad_options(tmp_path, capsys):
     assert e.value.code == 2
   err = capsys.readouterr().err
   assert "--range_mb=0" in err and "sub_sample_rate < 1" in err and "min_frequency >= 1" in err
+
+
+def test_cli_without_java_says_so(tmp_path, capsys, monkeypatch):
+  pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e .[spark])")
+  raw = _raw(str(tmp_path / "train.txt"), 200, seed=1)
+  monkeypatch.setattr(shutil, "which", lambda name: None)
+  monkeypatch.delenv("JAVA_HOME", raising=False)
+  monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+  with pytest.raises(SystemExit) as e:
+    spark_preprocess.main([raw, "--out_dir", str(tmp_path / "out")])
+  assert e.value.code == 2
+  assert "Spark needs Java 17 or later" in capsys.readouterr().err

@@ -49,9 +49,12 @@ def spark_context(master: str | None = None, app_name: str = "dlrm-jax preproces
   try:
     from pyspark import SparkConf, SparkContext
   except ImportError:
-    raise SystemExit(
+    raise ImportError(
       "pyspark is not installed: pip install -e .[spark] (it needs Java 17 or later)"
     ) from None
+  launched = "PYSPARK_GATEWAY_PORT" in os.environ  # under spark-submit: its JVM is running
+  if not (launched or shutil.which("java") or os.environ.get("JAVA_HOME")):
+    raise RuntimeError("Spark needs Java 17 or later: no java on PATH and no JAVA_HOME")
   os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local workers: this interpreter
   conf = SparkConf().setAppName(app_name)
   if master or not conf.contains("spark.master"):
@@ -258,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
       num_days=args.num_days,
     )
     sc = spark_context(args.master)
+  except (ValueError, OSError, ImportError, RuntimeError) as e:  # BadRowError is a ValueError
+    parser.error(str(e))
+  try:
     meta = preprocess_criteo_spark(
       args.raw_files,
       args.out_dir,
@@ -272,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
       range_bytes=args.range_mb << 20,
       overwrite=args.overwrite,
     )
-  except (ValueError, OSError) as e:  # BadRowError is a ValueError; OSError: files, out_dir
-    parser.error(str(e))
+  except (ValueError, OSError) as e:  # e.g. every line bad, an unwritable out_dir
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   rows = meta["num_rows"]
   print(
     f"{args.out_dir}: train {rows['train']:,}, test {rows['test']:,}, validation "
