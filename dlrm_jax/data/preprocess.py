@@ -89,42 +89,23 @@ def preprocess_criteo(
   A finished directory made from the same files (path, size, mtime) and options
   is reused unless overwrite=True.
   """
-  if dataset not in ("kaggle", "terabyte"):
-    raise ValueError(f"dataset={dataset!r}: expected kaggle or terabyte")
-  if not raw_files:
-    raise ValueError("no raw files given")
   if workers < 0:
     raise ValueError(f"workers={workers}: must be >= 0 (0 = one per core)")
-  if max_ind_range < 0 or min_frequency < 1 or not 0.0 <= sub_sample_rate < 1.0:
-    raise ValueError("need max_ind_range >= 0, min_frequency >= 1 and 0 <= sub_sample_rate < 1")
-  if vocabulary not in ("train", "reference") or (vocabulary == "reference" and min_frequency > 1):
-    raise ValueError(
-      f"vocabulary={vocabulary!r}: expected train, or reference with min_frequency 1"
-    )
-  for path in raw_files:
-    check_raw_file(path, labeled=True)
-  if dataset == "terabyte":
-    num_days = len(raw_files)
-  options = {
-    "format_version": store.FORMAT_VERSION,
-    "dataset": dataset,
-    "max_ind_range": int(max_ind_range),
-    "min_frequency": int(min_frequency),
-    "num_days": int(num_days),
-    "sub_sample_rate": float(sub_sample_rate),
-    "sub_sample_seed": int(sub_sample_seed),
-    "vocabulary": vocabulary,
-    "source": store.source_fingerprint(raw_files),
-  }
+  options = preprocess_options(
+    raw_files,
+    dataset=dataset,
+    max_ind_range=max_ind_range,
+    min_frequency=min_frequency,
+    sub_sample_rate=sub_sample_rate,
+    sub_sample_seed=sub_sample_seed,
+    vocabulary=vocabulary,
+    num_days=num_days,
+  )
   report = bad_rows.BadRowReport(strict=strict)
   if not overwrite and (meta := store.cached_metadata(out_dir, options)) is not None:
     report.merge(meta.get("bad_rows", {}))
     return meta
-  os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, store.METADATA_FILE)
-  if os.path.exists(meta_path):
-    os.remove(meta_path)  # the old files are about to be replaced one by one
-  store.remove_partial_files(out_dir)  # left by a killed run
+  meta_path = prepare_out_dir(out_dir)
 
   if dataset == "terabyte":
     meta = terabyte.preprocess_days(
@@ -143,6 +124,56 @@ def preprocess_criteo(
     meta.update(extra_metadata)
   store.write_json_atomic(meta_path, meta)
   return meta
+
+
+def preprocess_options(
+  raw_files: list[str],
+  *,
+  dataset: str,
+  max_ind_range: int,
+  min_frequency: int,
+  sub_sample_rate: float,
+  sub_sample_seed: int,
+  vocabulary: str,
+  num_days: int,
+) -> dict[str, Any]:
+  """Checks the options and raw files; returns the options part of metadata.json (shared with
+  the Spark path, spark_preprocess.py, so that both write the same metadata)."""
+  if dataset not in ("kaggle", "terabyte"):
+    raise ValueError(f"dataset={dataset!r}: expected kaggle or terabyte")
+  if not raw_files:
+    raise ValueError("no raw files given")
+  if max_ind_range < 0 or min_frequency < 1 or not 0.0 <= sub_sample_rate < 1.0:
+    raise ValueError("need max_ind_range >= 0, min_frequency >= 1 and 0 <= sub_sample_rate < 1")
+  if vocabulary not in ("train", "reference") or (vocabulary == "reference" and min_frequency > 1):
+    raise ValueError(
+      f"vocabulary={vocabulary!r}: expected train, or reference with min_frequency 1"
+    )
+  for path in raw_files:
+    check_raw_file(path, labeled=True)
+  if dataset == "terabyte":
+    num_days = len(raw_files)
+  return {
+    "format_version": store.FORMAT_VERSION,
+    "dataset": dataset,
+    "max_ind_range": int(max_ind_range),
+    "min_frequency": int(min_frequency),
+    "num_days": int(num_days),
+    "sub_sample_rate": float(sub_sample_rate),
+    "sub_sample_seed": int(sub_sample_seed),
+    "vocabulary": vocabulary,
+    "source": store.source_fingerprint(raw_files),
+  }
+
+
+def prepare_out_dir(out_dir: str) -> str:
+  """Makes out_dir, removes its metadata.json and half-written files; returns metadata's path."""
+  os.makedirs(out_dir, exist_ok=True)
+  meta_path = os.path.join(out_dir, store.METADATA_FILE)
+  if os.path.exists(meta_path):
+    os.remove(meta_path)  # the old files are about to be replaced one by one
+  store.remove_partial_files(out_dir)  # left by a killed run
+  return meta_path
 
 
 def _preprocess_kaggle(

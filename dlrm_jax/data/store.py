@@ -125,7 +125,13 @@ def cached_metadata(out_dir: str, expected: dict[str, Any]) -> dict[str, Any] | 
 def save_vocab(out_dir: str, vocabs: Sequence[np.ndarray]) -> None:
   """vocab.npz: per sparse feature its vocabulary uint32[v] (value vocab[k] has id k + 1)."""
   tmp = os.path.join(out_dir, VOCAB_FILE + PARTIAL + ".npz")
-  np.savez(tmp, **{name: v for name, v in zip(cf.SPARSE_NAMES, vocabs, strict=True)})
+  # np.savez's layout (stored .npy members, zip64) with a fixed member time instead of the
+  # clock's: the same vocabularies give the same bytes on every run and on every engine.
+  with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+    for name, v in zip(cf.SPARSE_NAMES, vocabs, strict=True):
+      info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+      with z.open(info, "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, np.asanyarray(v), allow_pickle=False)
   os.replace(tmp, os.path.join(out_dir, VOCAB_FILE))
 
 

@@ -37,7 +37,7 @@ def chunk_bytes_for(raw_files: Sequence[str], chunk_rows: int) -> int:
   return max(int(chunk_rows * len(head) / lines), 1 << 16)
 
 
-class _Subsampler:
+class Subsampler:
   """Draws one uniform per physical line of each training day, in order (see SUB_SAMPLE_RULE)."""
 
   def __init__(self, rate: float, seed: int) -> None:
@@ -46,7 +46,14 @@ class _Subsampler:
 
   def uniforms(self, day: int, day_first_line: int, lo: int, hi: int) -> np.ndarray:
     """u for lines [lo, hi) (global line numbers) of `day`, which starts at day_first_line."""
-    rng, pos = self._state.get(day) or (np.random.default_rng([self.seed, day]), day_first_line)
+    state = self._state.get(day)
+    if state is None:
+      # A fresh day's generator jumps to line lo: PCG64 draws one 64-bit word per double, so
+      # advance(k) gives the same u as k draws (a range that starts mid-day reproduces them).
+      rng = np.random.default_rng([self.seed, day])
+      rng.bit_generator.advance(lo - day_first_line)
+      state = (rng, lo)
+    rng, pos = state
     if lo < pos:
       raise RuntimeError("sub-sampling lines were requested out of order")
     u = rng.random(hi - pos)[lo - pos :]
@@ -100,41 +107,68 @@ def stream(
   kept training rows, or with count_all (--vocabulary=reference) every kept row's values of every
   segment, a missing value counted as the value 0. Chunks are parsed by `workers` processes
   (0 = one per core; 1, the default: in this process). Returns line/row counts."""
-  sub = _Subsampler(sub_sample_rate, sub_sample_seed)
+  sub = Subsampler(sub_sample_rate, sub_sample_seed)
   stats = {"lines": 0, "rows": 0, "dropped_negatives": 0}
   with tqdm(
     total=progress_total, unit="lines", unit_scale=True, desc=desc, disable=not progress
   ) as bar:
     # Parsing the next chunk (pyarrow, GIL released) overlaps this chunk's NumPy work.
     for parsed, offset in prefetch.background(_chunks(raw_files, report, chunk_bytes, workers)):
-      chunk = parsed.raw
-      lines = parsed.lines + offset
-      c0, c1 = parsed.line_range[0] + offset, parsed.line_range[1] + offset
-      cat_t, missing_t = chunk.cat_t, chunk.missing_t
-      if 0 < max_ind_range < 2**32:  # larger ranges leave uint32 hashes unchanged
-        cat_t %= np.uint32(max_ind_range)
-      dense = dense_transform(chunk.dense)
-      label = chunk.label.astype(np.float32)
-      missing_bits = np.packbits(missing_t, axis=0).T
-      for seg in segments:
-        lo, hi = max(seg.lo, c0), min(seg.hi, c1)
-        if lo >= hi:
-          continue
-        a, b = np.searchsorted(lines, [lo, hi])
-        rows: slice | np.ndarray = slice(a, b)
-        if seg.train and sub_sample_rate > 0:
-          u = sub.uniforms(seg.day, seg.lo, lo, hi)
-          drop = (label[a:b] == 0) & (u[lines[a:b] - lo] < sub_sample_rate)
-          stats["dropped_negatives"] += int(drop.sum())
-          rows = np.flatnonzero(~drop) + a
-        seg.writer.append(dense[rows], label[rows], cat_t[:, rows].T, missing_bits[rows])
-        stats["rows"] += int(label[rows].shape[0])
-        if count_all:
-          for j, counter in enumerate(counters):
-            counter.add(cat_t[j, rows])  # the parser left 0 where missing: the reference's rule
-        elif seg.train:
-          for j, counter in enumerate(counters):
-            counter.add(cat_t[j, rows][~missing_t[j, rows]])
-      stats["lines"] += c1 - c0
-      bar.update(c1 - c0)
+      lines = route_chunk(
+        parsed,
+        offset,
+        segments,
+        sub,
+        stats,
+        counters,
+        max_ind_range=max_ind_range,
+        count_all=count_all,
+      )
+      bar.update(lines)
   return stats
+
+
+def route_chunk(
+  parsed: tsv_parser.ParsedChunk,
+  offset: int,
+  segments: Sequence[Segment],
+  sub: Subsampler,
+  stats: dict[str, int],
+  counters: list[vocab_lib.ValueCounter],
+  *,
+  max_ind_range: int,
+  count_all: bool = False,
+) -> int:
+  """One parsed chunk (its lines + offset in the concatenated input) into its segments' writers,
+  as stream() describes; adds to `stats` and `counters`; returns the lines it covered. Shared
+  with the Spark path (spark_tasks.py), which routes byte ranges of the input in any order."""
+  chunk = parsed.raw
+  lines = parsed.lines + offset
+  c0, c1 = parsed.line_range[0] + offset, parsed.line_range[1] + offset
+  cat_t, missing_t = chunk.cat_t, chunk.missing_t
+  if 0 < max_ind_range < 2**32:  # larger ranges leave uint32 hashes unchanged
+    cat_t %= np.uint32(max_ind_range)
+  dense = dense_transform(chunk.dense)
+  label = chunk.label.astype(np.float32)
+  missing_bits = np.packbits(missing_t, axis=0).T
+  for seg in segments:
+    lo, hi = max(seg.lo, c0), min(seg.hi, c1)
+    if lo >= hi:
+      continue
+    a, b = np.searchsorted(lines, [lo, hi])
+    rows: slice | np.ndarray = slice(a, b)
+    if seg.train and sub.rate > 0:
+      u = sub.uniforms(seg.day, seg.lo, lo, hi)
+      drop = (label[a:b] == 0) & (u[lines[a:b] - lo] < sub.rate)
+      stats["dropped_negatives"] += int(drop.sum())
+      rows = np.flatnonzero(~drop) + a
+    seg.writer.append(dense[rows], label[rows], cat_t[:, rows].T, missing_bits[rows])
+    stats["rows"] += int(label[rows].shape[0])
+    if count_all:
+      for j, counter in enumerate(counters):
+        counter.add(cat_t[j, rows])  # the parser left 0 where missing: the reference's rule
+    elif seg.train:
+      for j, counter in enumerate(counters):
+        counter.add(cat_t[j, rows][~missing_t[j, rows]])
+  stats["lines"] += c1 - c0
+  return c1 - c0
