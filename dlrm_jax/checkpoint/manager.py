@@ -49,6 +49,7 @@ MODEL_FIELDS = (
   "optimizer",
   "table_names",
   "table_sizes",
+  "id_mapping",
   "multi_hot_sizes",
   "pooling",
 )
@@ -91,6 +92,7 @@ ADDED_FIELDS = {
   "pooling": "sum",
   "data_sub_sample_rate": 0.0,
   "vocabulary": "train",
+  "id_mapping": "vocabulary",
   "dcn_num_layers": 0,
   "dcn_deep_mlp": [512, 256],
   "dcn_low_rank_dim": 512,
