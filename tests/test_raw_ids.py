@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -149,6 +150,15 @@ def test_tiny_hash_run_learns_predicts_and_refuses_another_mapping(tmp_path):
   assert [tables[n].shape[0] for n in names] == rows
   logits = dlrm_reference.forward(params, [tables[n] for n in names], dense, sparse)
   np.testing.assert_allclose(got, 1 / (1 + np.exp(-logits)), atol=2e-6)
+  # The exported model takes the raw values and hashes them itself, the same way.
+  proc = run_main(work, data, *args, "--mode=export", f"--export_dir={tmp_path / 'export'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  spec = importlib.util.spec_from_file_location("exported", tmp_path / "export" / "dlrm_loader.py")
+  loader = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(loader)
+  raw = np.array([reference_raw(f) for f in fields], np.uint32)
+  exported = loader.load(str(tmp_path / "export"))(dense, raw)
+  np.testing.assert_allclose(exported, 1 / (1 + np.exp(-logits)), atol=2e-6)
   # A value that does not parse: refused naming the file and line.
   lines = test_file.read_bytes().split(b"\n")
   lines[6] = lines[6][:-3] + b"xyz"
