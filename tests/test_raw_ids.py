@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -12,10 +13,13 @@ import numpy as np
 import pytest
 from main_runner import run_main
 
+from dlrm_jax.checkpoint import manager as checkpointing
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data import preprocess, raw_ids
+from dlrm_jax.data.datasets import check_data_matches_model, model_table_sizes, resolve_dataset
 from dlrm_jax.data.store import open_split, processed_name, read_metadata
 from dlrm_jax.data.synthetic import generate_criteo_tsv
+from dlrm_jax.faults import CheckpointMismatch
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "criteo_samples"
 NAMES = [f"C{i}" for i in range(1, 27)]
@@ -168,3 +172,36 @@ def test_tiny_hash_run_learns_predicts_and_refuses_another_mapping(tmp_path):
   # Resuming the hash run under the vocabulary: refused, naming id_mapping.
   proc = run_main(work, data, "--max_steps=50")
   assert proc.returncode != 0 and "id_mapping: checkpoint 'hash'" in proc.stderr
+
+
+def test_data_check_and_rows_follow_id_mapping(tmp_path):
+  hashed = Config(dataset="synthetic", data_dir=str(tmp_path), synthetic_rows=1000)
+  hashed = dataclasses.replace(hashed, id_mapping="hash")
+  processed, meta = resolve_dataset(hashed, progress=False)
+  assert processed.endswith("processed_raw")
+  check_data_matches_model(hashed, processed, meta)
+  train = meta["num_rows"]["train"]
+  assert model_table_sizes(hashed, meta) == [train] * 26  # min(training rows, 10M)
+  capped = dataclasses.replace(hashed, max_ind_range=77, hash_rows=(("C2", 5),))
+  assert model_table_sizes(capped, meta) == [77, 5] + [77] * 24
+  with pytest.raises(ConfigError, match="--hash_rows=C0:5"):
+    model_table_sizes(dataclasses.replace(hashed, hash_rows=(("C0", 5),)), meta)
+  vocab = dataclasses.replace(hashed, id_mapping="vocabulary")
+  with pytest.raises(ConfigError, match="--id_mapping=vocabulary but .* id_mapping=hash"):
+    check_data_matches_model(vocab, processed, meta)
+  vocab_dir, vocab_meta = resolve_dataset(vocab, progress=False)
+  with pytest.raises(ConfigError, match="--id_mapping=hash but .* id_mapping=vocabulary"):
+    check_data_matches_model(hashed, vocab_dir, vocab_meta)
+  with pytest.raises(ConfigError, match="--data_sub_sample_rate=0.5"):
+    check_data_matches_model(dataclasses.replace(hashed, data_sub_sample_rate=0.5), processed, meta)
+
+
+def test_checkpoint_identity_holds_id_mapping():
+  saved = checkpointing.identity(Config(id_mapping="hash"), ["C1"], [10])
+  now = checkpointing.identity(Config(), ["C1"], [10])
+  for resume in (True, False):  # loading for eval, predict or export is refused too
+    with pytest.raises(CheckpointMismatch, match="id_mapping: checkpoint 'hash'"):
+      checkpointing.check_compatible({"identity": saved}, now, "ckpt", resume=resume)
+  # A checkpoint from before the flag existed used the vocabulary.
+  old = {k: v for k, v in now.items() if k != "id_mapping"}
+  checkpointing.check_compatible({"identity": old}, now, "ckpt", resume=True)
