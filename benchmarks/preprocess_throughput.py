@@ -1,4 +1,8 @@
-"""Prints end-to-end rows/s of Criteo preprocessing on a generated Kaggle-format file."""
+"""Prints end-to-end rows/s of Criteo preprocessing on a generated Kaggle-format file.
+
+--id_mapping=vocabulary,hash times the vocabulary path and the one-pass raw path interleaved
+(each repeat runs every combination once), with the load average beside each run.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,11 @@ def main() -> None:
     help="comma-separated parsing process counts, timed interleaved in each repeat "
     "(0 = one per available core, 1 = in this process only; default 0)",
   )
+  parser.add_argument(
+    "--id_mapping",
+    default="vocabulary",
+    help="comma-separated id mappings, timed interleaved (vocabulary, hash; default vocabulary)",
+  )
   args = parser.parse_args()
   with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
     raw = os.path.join(tmp, "train.txt")
@@ -40,26 +49,53 @@ def main() -> None:
       f"{args.rows / gen_s:,.0f} rows/s"
     )
     counts = [int(w) for w in args.workers.split(",")]
-    rates: dict[int, list[float]] = {w: [] for w in counts}
+    mappings = args.id_mapping.split(",")
+    combos = [(m, w) for m in mappings for w in counts]
+    secs: dict[tuple[str, int], list[float]] = {c: [] for c in combos}
+    cpus: dict[tuple[str, int], list[float]] = {c: [] for c in combos}
     print(f"available cores: {available_cores()}")
     for r in range(args.repeats):
-      for w in counts:
-        start = time.perf_counter()
+      for m, w in combos:
+        start, cpu0 = time.perf_counter(), time.process_time()
         meta = preprocess_criteo(
-          [raw], os.path.join(tmp, "out"), progress=False, overwrite=True, workers=w
+          [raw],
+          os.path.join(tmp, f"out_{m}"),
+          progress=False,
+          overwrite=True,
+          workers=w,
+          id_mapping=m,
         )
         sec = time.perf_counter() - start
-        rates[w].append(args.rows / sec)
+        cpu = time.process_time() - cpu0  # this process's threads; worker processes not counted
+        secs[(m, w)].append(sec)
+        cpus[(m, w)].append(cpu)
+        if m == "vocabulary":
+          vocab_meta = meta
         print(
-          f"run {r} workers {w}: {sec:.2f}s  {rates[w][-1]:,.0f} rows/s  "
-          f"({size_mb / sec:.0f} MiB/s)"
+          f"run {r} {m} workers {w}: {sec:.2f}s  {args.rows / sec:,.0f} rows/s  "
+          f"({size_mb / sec:.0f} MiB/s)  cpu {cpu:.2f}s  load {os.getloadavg()[0]:.2f}"
         )
-    print(f"table sizes: {meta['table_sizes']}")
-    for w in counts:
+    if "vocabulary" in mappings:
+      print(f"table sizes: {vocab_meta['table_sizes']}")
+    for m, w in combos:
+      med = statistics.median(secs[(m, w)])
+      what = "count, parse, vocab, ids, write" if m == "vocabulary" else "parse, write"
       print(
-        f"preprocess median, workers {w}: {statistics.median(rates[w]):,.0f} rows/s end to end "
-        "(count, parse, vocab, ids, write)"
+        f"preprocess median, {m}, workers {w}: {med:.2f}s, {args.rows / med:,.0f} rows/s end "
+        f"to end ({what}); cpu {statistics.median(cpus[(m, w)]):.2f}s"
       )
+    for w in counts:
+      if len(mappings) > 1 and "vocabulary" in mappings:
+        base = statistics.median(secs[("vocabulary", w)])
+        for m in mappings:
+          if m == "vocabulary":
+            continue
+          ratios = [b / s for b, s in zip(secs[("vocabulary", w)], secs[(m, w)], strict=True)]
+          print(
+            f"workers {w}: vocabulary time / {m} time, median of per-repeat ratios "
+            f"{statistics.median(ratios):.2f} (medians {base:.2f}s / "
+            f"{statistics.median(secs[(m, w)]):.2f}s)"
+          )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ from dlrm_jax.sharding.specs import POOLINGS
 
 DATASETS = ("synthetic", "kaggle", "terabyte")
 VOCABULARIES = ("train", "reference")
+# How a raw categorical value becomes a row (an enum: issue 19 adds "managed" later).
+ID_MAPPINGS = ("vocabulary", "hash")
+# --id_mapping=hash with no --hash_rows and no --max_ind_range: rows per table are
+# min(training rows, this), the reference's usual --max-ind-range for Criteo.
+HASH_ROWS_CAP = 10_000_000
 MODES = ("train", "eval", "predict", "export")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # --steps_per_call=0: at most this many steps, and this many examples, per call.
@@ -55,6 +60,9 @@ class Config:
   shuffle: str = "auto"
   shuffle_block_rows: int = 1 << 18  # 1 MiB of the label column per read
   shuffle_buffer_blocks: int = 4
+  id_mapping: str = "vocabulary"  # vocabulary: a counting pass; hash: raw value % rows
+  # --id_mapping=hash rows per table: ("", n) for every table, (name, n) overrides; () = auto.
+  hash_rows: tuple[tuple[str, int], ...] = ()
   # Model.
   embedding_dim: int = 16
   bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
@@ -271,6 +279,7 @@ class Config:
       f"--min_frequency={self.min_frequency} needs --vocabulary=train: the reference's "
       f"vocabulary gives every value its own row",
     )
+    self._validate_id_mapping()
     _check(0.0 <= self.target_auc <= 1.0, f"--target_auc={self.target_auc}: must be in [0, 1]")
     _check(
       self.synthetic_rows >= 1000,
@@ -319,6 +328,40 @@ class Config:
       self.embedding_mlp_shared or bool(self.embedding_mlp),
       "--noembedding_mlp_shared: used only with a non-empty --embedding_mlp",
     )
+
+  def _validate_id_mapping(self) -> None:
+    _check(
+      self.id_mapping in ID_MAPPINGS,
+      f"--id_mapping={self.id_mapping!r}: must be one of {', '.join(ID_MAPPINGS)}",
+    )
+    if self.id_mapping == "vocabulary":
+      _check(not self.hash_rows, "--hash_rows: used only with --id_mapping=hash")
+      return
+    # Hashing keeps raw values: nothing is counted, so no option of the counting pass applies.
+    _check(
+      self.vocabulary == "train",
+      f"--vocabulary={self.vocabulary} needs --id_mapping=vocabulary: --id_mapping=hash builds "
+      f"no vocabulary",
+    )
+    _check(
+      self.min_frequency == 1,
+      f"--min_frequency={self.min_frequency} needs --id_mapping=vocabulary: --id_mapping=hash "
+      f"counts no values",
+    )
+    _check(
+      not self.multi_hot_sizes,
+      "--multi_hot_sizes needs --id_mapping=vocabulary: bags are drawn from vocabulary ids",
+    )
+    _check(
+      self.dataset != "terabyte",
+      "--id_mapping=hash: not yet for --dataset=terabyte (its per-day cache counts values); "
+      "use --dataset=kaggle or synthetic",
+    )
+    for name, rows in self.hash_rows:
+      _check(
+        1 <= rows < 2**31,
+        f"--hash_rows={name + ':' if name else ''}{rows}: rows must be in [1, 2^31)",
+      )
 
   @property
   def resolved_steps_per_call(self) -> int:

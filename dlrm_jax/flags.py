@@ -9,6 +9,8 @@ from absl import flags
 from dlrm_jax.config import (
   COMPUTE_DTYPES,
   DATASETS,
+  HASH_ROWS_CAP,
+  ID_MAPPINGS,
   MODES,
   SHUFFLES,
   VOCABULARIES,
@@ -108,6 +110,21 @@ flags.DEFINE_enum(
   "rows 1..V, row 0 is missing, unseen or rare; reference: like facebookresearch/dlrm, every "
   "value of all days (test and validation too; missing = the value 0) gets its own row. "
   "Default train.",
+)
+flags.DEFINE_enum(
+  "id_mapping",
+  _D.id_mapping,
+  ID_MAPPINGS,
+  "How a raw categorical value becomes a table row. vocabulary: a counting pass builds "
+  "--vocabulary; hash: preprocessing keeps the raw 32-bit values (no counting pass) and row = "
+  "value % --hash_rows (a missing value is the value 0). Default vocabulary.",
+)
+flags.DEFINE_list(
+  "hash_rows",
+  [],
+  "--id_mapping=hash: rows per table, e.g. 1000000 for every table, or 1000000,C3:5000 with "
+  "per-table overrides. Default (empty): --max_ind_range if set, else min(training rows, "
+  f"{HASH_ROWS_CAP:,}).",
 )
 # Model.
 flags.DEFINE_integer("embedding_dim", _D.embedding_dim, "Width of every embedding row.")
@@ -340,6 +357,18 @@ def _int_list(name: str) -> tuple[int, ...]:
     ) from None
 
 
+def _hash_rows() -> tuple[tuple[str, int], ...]:
+  pairs = []
+  for item in FLAGS.hash_rows:
+    name, sep, rows = item.rpartition(":")
+    if (sep and not name) or not rows.strip().lstrip("-").isdigit():
+      raise ConfigError(
+        f"--hash_rows={item!r}: expected ROWS (every table) or TABLE:ROWS, e.g. 1000000,C3:5000"
+      )
+    pairs.append((name, int(rows)))
+  return tuple(pairs)
+
+
 def _table_sharding() -> tuple[tuple[str, str], ...]:
   pairs = []
   for item in FLAGS.table_sharding:
@@ -354,7 +383,7 @@ def _table_sharding() -> tuple[tuple[str, str], ...]:
 
 
 _INT_LISTS = ("bottom_mlp", "top_mlp", "dcn_deep_mlp", "embedding_mlp", "multi_hot_sizes")
-_SPECIAL = _INT_LISTS + ("mesh_shape", "table_sharding")
+_SPECIAL = _INT_LISTS + ("mesh_shape", "table_sharding", "hash_rows")
 
 
 def config_from_flags() -> Config:
@@ -371,6 +400,7 @@ def config_from_flags() -> Config:
     **{name: _int_list(name) for name in _INT_LISTS},
     mesh_shape=mesh_shape,
     table_sharding=_table_sharding(),
+    hash_rows=_hash_rows(),
   )
 
 

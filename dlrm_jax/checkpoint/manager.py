@@ -49,6 +49,7 @@ MODEL_FIELDS = (
   "optimizer",
   "table_names",
   "table_sizes",
+  "id_mapping",
   "multi_hot_sizes",
   "pooling",
 )
@@ -98,6 +99,7 @@ ADDED_FIELDS = {
   "shuffle": "rows",
   "shuffle_block_rows": 1 << 18,
   "shuffle_buffer_blocks": 4,
+  "id_mapping": "vocabulary",
   "dcn_num_layers": 0,
   "dcn_deep_mlp": [512, 256],
   "dcn_low_rank_dim": 512,

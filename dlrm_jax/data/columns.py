@@ -55,15 +55,18 @@ class NpyAppender:
 
 
 class ColumnsWriter:
-  """dense f32[N,13], sparse i32[N,26] (raw uint32 values or ids), label f32[N] and optionally the
-  missing bits u8[N,4] of one split or day, as `{prefix}_{field}.npy.partial` until commit()."""
+  """dense f32[N,13], sparse i32[N,26] (raw uint32 values or ids; sparse_dtype=np.uint32 keeps
+  raw values), label f32[N] and optionally the missing bits u8[N,4] of one split or day, as
+  `{prefix}_{field}.npy.partial` until commit()."""
 
-  def __init__(self, out_dir: str, prefix: str, *, with_missing: bool) -> None:
+  def __init__(
+    self, out_dir: str, prefix: str, *, with_missing: bool, sparse_dtype: type = np.int32
+  ) -> None:
     fields = FIELDS + (("missing",) if with_missing else ())
     self.paths = {f: os.path.join(out_dir, f"{prefix}_{f}.npy") for f in fields}
     shapes = {
       "dense": (np.float32, (cf.NUM_DENSE,)),
-      "sparse": (np.int32, (cf.NUM_SPARSE,)),
+      "sparse": (sparse_dtype, (cf.NUM_SPARSE,)),
       "label": (np.float32, ()),
       "missing": (np.uint8, (MISSING_BYTES,)),
     }
@@ -79,7 +82,9 @@ class ColumnsWriter:
   ) -> None:
     self.files["dense"].append(dense)
     self.files["label"].append(label)
-    self.files["sparse"].append(sparse.view(np.int32) if sparse.dtype == np.uint32 else sparse)
+    file = self.files["sparse"]
+    # Raw uint32 values go to an i32 file bit for bit (remapped later) or to a u32 one as is.
+    file.append(sparse.view(np.int32) if sparse.dtype != file.dtype == np.int32 else sparse)
     if "missing" in self.files:
       self.files["missing"].append(missing_bits)
     self.positives += float(label.sum())

@@ -8,9 +8,9 @@ from typing import Any
 
 from absl import logging
 
-from dlrm_jax.config import DATASETS, Config, ConfigError
+from dlrm_jax.config import DATASETS, HASH_ROWS_CAP, Config, ConfigError
 from dlrm_jax.data import criteo_format as cf
-from dlrm_jax.data import store
+from dlrm_jax.data import raw_ids, store
 from dlrm_jax.data.bad_rows import BadRowError
 from dlrm_jax.data.criteo_format import TERABYTE_NUM_DAYS
 from dlrm_jax.data.multi_hot import mlperf_multi_hot, prepare_synthetic_multi_hot
@@ -73,7 +73,11 @@ def raw_files(config: Config) -> list[str]:
 def processed_dir(config: Config) -> str:
   """The preprocessed directory of a Criteo dataset for this run's preprocessing flags."""
   name = store.processed_name(
-    config.max_ind_range, config.min_frequency, config.data_sub_sample_rate, config.vocabulary
+    config.max_ind_range,
+    config.min_frequency,
+    config.data_sub_sample_rate,
+    config.vocabulary,
+    config.id_mapping,
   )
   return os.path.join(
     config.data_dir, KAGGLE_DIR if config.dataset == "kaggle" else TERABYTE_DIR, name
@@ -94,6 +98,7 @@ def resolve_dataset(config: Config, *, progress: bool = True) -> tuple[str, dict
     sub_sample_rate=config.data_sub_sample_rate,
     strict=config.strict,
     vocabulary=config.vocabulary,
+    id_mapping=config.id_mapping,
     progress=progress,
   )
   bag_sizes = config.bag_sizes(cf.NUM_SPARSE)
@@ -150,6 +155,14 @@ def check_data_matches_model(config: Config, processed: str, metadata: dict[str,
   beside it (a table needs one row per value, plus row 0 under --vocabulary=train), and the
   bound --max_ind_range sets. The reference fails mid-run with "index out of range" instead.
   """
+  made_with = metadata.get("id_mapping", "vocabulary")
+  if made_with != config.id_mapping:
+    raise ConfigError(
+      f"--id_mapping={config.id_mapping} but {processed} was made with id_mapping={made_with}"
+    )
+  if config.id_mapping == "hash":
+    _check_raw_data_matches(config, processed, metadata)
+    return
   want = config.bag_sizes(len(metadata["table_sizes"]))
   have = metadata.get("multi_hot_sizes")
   if (list(want) if want else None) != have:
@@ -190,3 +203,27 @@ def check_data_matches_model(config: Config, processed: str, metadata: dict[str,
         f"{processed}: table {name} has {size} rows, more than --max_ind_range="
         f"{config.max_ind_range} allows ({bound}): the data was not preprocessed with it"
       )
+
+
+def _check_raw_data_matches(config: Config, processed: str, metadata: dict[str, Any]) -> None:
+  """check_data_matches_model for raw values: only sub-sampling and the generator's options."""
+  if metadata.get("sub_sample_rate") != config.data_sub_sample_rate:
+    raise ConfigError(
+      f"--data_sub_sample_rate={config.data_sub_sample_rate} but {processed} was made with "
+      f"{metadata.get('sub_sample_rate')}"
+    )
+  synthetic = metadata.get("synthetic")
+  if (config.dataset == "synthetic") != (synthetic is not None):
+    raise ConfigError(f"--dataset={config.dataset} but {processed} holds other data")
+
+
+def model_table_sizes(config: Config, metadata: dict[str, Any]) -> list[int]:
+  """Rows of each table: the vocabulary's (metadata), or under --id_mapping=hash --hash_rows'
+  (default: --max_ind_range if set, else min(training rows, HASH_ROWS_CAP))."""
+  if config.id_mapping != "hash":
+    return [int(s) for s in metadata["table_sizes"]]
+  default = config.max_ind_range or min(int(metadata["num_rows"]["train"]), HASH_ROWS_CAP)
+  try:
+    return raw_ids.table_rows(config.hash_rows, default, metadata["sparse_names"])
+  except ValueError as e:
+    raise ConfigError(str(e)) from None

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from dlrm_jax.data import bad_rows, columns, prefetch, store, terabyte, tsv_parser
+from dlrm_jax.data import bad_rows, columns, prefetch, raw_ids, store, terabyte, tsv_parser
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import splits as splits_lib
 from dlrm_jax.data import vocab as vocab_lib
@@ -66,6 +66,7 @@ def preprocess_criteo(
   extra_metadata: dict[str, Any] | None = None,
   overwrite: bool = False,
   workers: int = 1,
+  id_mapping: str = "vocabulary",
 ) -> dict[str, Any]:
   """Preprocess raw Criteo TSV files into `out_dir`; returns the metadata.
 
@@ -86,11 +87,20 @@ def preprocess_criteo(
   Bad rows are skipped and counted (metadata["bad_rows"]), or raise BadRowError
   with their file:line when strict. chunk_rows bounds memory. Raw text is parsed by `workers`
   processes (0 = one per available core, 1 = in this process only); the output is the same.
+  id_mapping="hash" (Kaggle layout only): one pass, no vocabulary; {split}_sparse.npy holds
+  uint32 raw values, a missing value being the value 0 (raw_ids.py); max_ind_range, min_frequency
+  and vocabulary do not apply.
   A finished directory made from the same files (path, size, mtime) and options
   is reused unless overwrite=True.
   """
   if workers < 0:
     raise ValueError(f"workers={workers}: must be >= 0 (0 = one per core)")
+  if id_mapping not in ("vocabulary", "hash"):
+    raise ValueError(f"id_mapping={id_mapping!r}: expected vocabulary or hash")
+  if id_mapping == "hash" and (dataset != "kaggle" or vocabulary != "train" or min_frequency > 1):
+    raise ValueError(
+      "id_mapping=hash: only the Kaggle layout, with vocabulary=train and min_frequency 1"
+    )
   options = preprocess_options(
     raw_files,
     dataset=dataset,
@@ -101,13 +111,19 @@ def preprocess_criteo(
     vocabulary=vocabulary,
     num_days=num_days,
   )
+  if id_mapping == "hash":  # raw values: the vocabulary's options play no part
+    options.update(id_mapping="hash", max_ind_range=0, min_frequency=1)
   report = bad_rows.BadRowReport(strict=strict)
   if not overwrite and (meta := store.cached_metadata(out_dir, options)) is not None:
     report.merge(meta.get("bad_rows", {}))
     return meta
   meta_path = prepare_out_dir(out_dir)
 
-  if dataset == "terabyte":
+  if id_mapping == "hash":
+    meta = raw_ids.preprocess_kaggle_raw(
+      raw_files, out_dir, options, report, chunk_rows, progress, workers
+    )
+  elif dataset == "terabyte":
     meta = terabyte.preprocess_days(
       raw_files,
       out_dir,
@@ -254,6 +270,8 @@ def encode_unlabeled(path: str, processed_dir: str, *, chunk_rows: int = 1 << 19
   """
   meta = store.read_metadata(processed_dir)
   check_raw_file(path, labeled=False)
+  if meta.get("id_mapping") == "hash":
+    return _raw_unlabeled(path, chunk_rows)
   tables = vocab_lib.build_tables(store.load_vocab(processed_dir, meta["sparse_names"]))
   max_ind_range = int(meta.get("max_ind_range", 0))
   vocabulary = meta.get("vocabulary", "train")
@@ -296,3 +314,20 @@ def _unseen_to_zero_row(
         f"--vocabulary=reference has no row for the value 0 to put it in; use --vocabulary=train"
       )
     ids[unseen, j] = zero_rows[j]
+
+
+def _raw_unlabeled(path: str, chunk_rows: int) -> store.SplitArrays:
+  """--id_mapping=hash: the raw uint32 values of every line (missing = 0); bad lines raise."""
+  report = bad_rows.BadRowReport(strict=True)
+  chunks = tsv_parser.iter_parsed(
+    path, report, labeled=False, chunk_bytes=chunk_bytes_for([path], chunk_rows)
+  )
+  dense, sparse = [], []
+  for parsed in prefetch.background(chunks):
+    dense.append(dense_transform(parsed.raw.dense))
+    sparse.append(parsed.raw.cat_t.T)  # the parser left 0 where missing
+  dense_all = np.concatenate(dense) if dense else np.zeros((0, cf.NUM_DENSE), np.float32)
+  sparse_all = np.concatenate(sparse) if sparse else np.zeros((0, cf.NUM_SPARSE), np.uint32)
+  return store.SplitArrays(
+    dense=dense_all, sparse=sparse_all, label=np.zeros(dense_all.shape[0], np.float32)
+  )

@@ -50,10 +50,17 @@ _IN_MEMORY_BYTES = 4 << 30
 
 
 def processed_name(
-  max_ind_range: int, min_frequency: int, sub_sample_rate: float, vocabulary: str
+  max_ind_range: int,
+  min_frequency: int,
+  sub_sample_rate: float,
+  vocabulary: str,
+  id_mapping: str = "vocabulary",
 ) -> str:
-  """Directory name of one set of preprocessing options, e.g. processed_m0_f1."""
+  """Directory name of one set of preprocessing options, e.g. processed_m0_f1; raw values
+  (--id_mapping=hash, made without the vocabulary options) go to processed_raw[_s...]."""
   sub = f"_s{sub_sample_rate:g}" if sub_sample_rate else ""
+  if id_mapping == "hash":
+    return f"processed_raw{sub}"
   ref = "_vreference" if vocabulary == "reference" else ""
   return f"processed_m{max_ind_range}_f{min_frequency}{sub}{ref}"
 

@@ -414,6 +414,7 @@ def prepare_synthetic(
   sub_sample_rate: float = 0.0,
   strict: bool = False,
   vocabulary: str = "train",
+  id_mapping: str = "vocabulary",
 ) -> str:
   """Generate (once) data_dir/synthetic_<rows>_<seed>/train.txt and preprocess it (once per set of
   options, into its own directory, exactly as Kaggle's train.txt); return the processed dir."""
@@ -430,7 +431,8 @@ def prepare_synthetic(
   if teacher_meta is None:
     teacher_meta = generate_criteo_tsv(raw, num_rows, seed)
   processed = os.path.join(
-    root, store.processed_name(max_ind_range, min_frequency, sub_sample_rate, vocabulary)
+    root,
+    store.processed_name(max_ind_range, min_frequency, sub_sample_rate, vocabulary, id_mapping),
   )
   extra = {"best_possible_auc": teacher_meta["best_possible_auc"], "synthetic": teacher_meta}
   preprocess_criteo(
@@ -442,6 +444,7 @@ def prepare_synthetic(
     sub_sample_rate=sub_sample_rate,
     strict=strict,
     vocabulary=vocabulary,
+    id_mapping=id_mapping,
     extra_metadata=extra,
     progress=progress,
   )

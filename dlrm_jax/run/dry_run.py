@@ -12,8 +12,8 @@ import jax
 
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data import criteo_format as cf
-from dlrm_jax.data import store
-from dlrm_jax.data.datasets import processed_dir
+from dlrm_jax.data import raw_ids, store
+from dlrm_jax.data.datasets import model_table_sizes, processed_dir
 from dlrm_jax.run import memory_plan
 from dlrm_jax.sharding import mesh as mesh_lib
 from dlrm_jax.sharding.planner import format_bytes, plan_table
@@ -63,6 +63,8 @@ def simulated_devices(config: Config) -> tuple[list[jax.Device], str]:
 def table_sizes(config: Config) -> tuple[list[int], list[str], str]:
   """(rows per table, names, where they come from): the data's, else the published sizes."""
   names = list(cf.SPARSE_NAMES)
+  if config.id_mapping == "hash":
+    return _hash_table_sizes(config, names)
   if config.dataset != "synthetic":
     path = processed_dir(config)
     if os.path.exists(os.path.join(path, store.METADATA_FILE)):
@@ -98,6 +100,23 @@ def table_sizes(config: Config) -> tuple[list[int], list[str], str]:
   raise ConfigError(
     f"--dataset={config.dataset}: its table sizes are known only once the data is generated; "
     f"run it once without --dry_run, or dry-run --dataset=kaggle or terabyte (published sizes)"
+  )
+
+
+def _hash_table_sizes(config: Config, names: list[str]) -> tuple[list[int], list[str], str]:
+  """--id_mapping=hash: the rows --hash_rows / --max_ind_range give, or the data's defaults."""
+  path = processed_dir(config)
+  if config.dataset != "synthetic" and os.path.exists(os.path.join(path, store.METADATA_FILE)):
+    return model_table_sizes(config, store.read_metadata(path)), names, f"--hash_rows ({path})"
+  if config.max_ind_range or any(not name for name, _ in config.hash_rows):
+    try:
+      sizes = raw_ids.table_rows(config.hash_rows, config.max_ind_range, names)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    return sizes, names, "--hash_rows / --max_ind_range; no data read"
+  raise ConfigError(
+    "--id_mapping=hash: the default rows depend on the data's training rows; give --hash_rows "
+    "(or --max_ind_range) to dry-run without the preprocessed data"
   )
 
 

@@ -23,16 +23,20 @@ from dlrm_jax.run.inference import load
 PLATFORMS = ("cpu", "cuda")
 
 
-def serving_function(model: DenseModel, params_treedef, num_params: int):
+def serving_function(model: DenseModel, params_treedef, num_params: int, hash_rows=None):
   """``f(weights, dense f32[b, 13], sparse i32[b, T]) -> probabilities f32[b]``.
 
   ``weights`` is the flat list: the dense parameters, then one f32[rows, dim]
   table per feature. A plain single-device lookup: serving needs no mesh.
+  ``hash_rows`` (--id_mapping=hash): sparse is u32[b, T] raw values, row = value % rows[t],
+  as training computed it on the host.
   """
 
   def f(weights, dense, sparse):
     params = jax.tree.unflatten(params_treedef, weights[:num_params])
     tables = weights[num_params:]
+    if hash_rows is not None:
+      sparse = (sparse % jnp.asarray(hash_rows, jnp.uint32)[None, :]).astype(jnp.int32)
     emb = jnp.stack([jnp.take(t, sparse[:, i], axis=0) for i, t in enumerate(tables)], axis=1)
     return jax.nn.sigmoid(model.apply({"params": params}, dense, emb))
 
@@ -75,12 +79,14 @@ def run_export(config: Config) -> dict[str, Any]:
   tables = table_io.logical_tables(c.layout, m.state.tables, c.mesh)
   weights = params_leaves + tables
   b = jax.export.symbolic_shape("b")
+  hashed = config.id_mapping == "hash"
   args = (
     [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
     jax.ShapeDtypeStruct((b[0], 13), jnp.float32),
-    jax.ShapeDtypeStruct((b[0], len(names)), jnp.int32),
+    jax.ShapeDtypeStruct((b[0], len(names)), jnp.uint32 if hashed else jnp.int32),
   )
-  exported = _export(serving_function(c.model, treedef, len(params_leaves)), args)
+  hash_rows = list(c.table_sizes) if hashed else None
+  exported = _export(serving_function(c.model, treedef, len(params_leaves), hash_rows), args)
   if jax.process_index() != 0:
     return {"export_dir": out}
   with open(os.path.join(out, export_loader.FUNCTION), "wb") as f:
@@ -92,10 +98,15 @@ def run_export(config: Config) -> dict[str, Any]:
     "num_weights": num,
     "table_names": names,
     "table_sizes": list(c.table_sizes),
+    "id_mapping": config.id_mapping,
     "embedding_dim": c.config.embedding_dim,
     "checkpoint": m.checkpoint,
     "platforms": list(exported.platforms),
-    "inputs": f"dense f32[N, 13], sparse i32[N, {len(names)}] (preprocessed ids)",
+    "inputs": (
+      f"dense f32[N, 13], sparse u32[N, {len(names)}] raw values (row = value % table size)"
+      if hashed
+      else f"dense f32[N, 13], sparse i32[N, {len(names)}] (preprocessed ids)"
+    ),
     "output": "click probability f32[N]",
   }
   with open(os.path.join(out, export_loader.SIGNATURE), "w") as f:

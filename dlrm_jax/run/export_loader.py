@@ -31,6 +31,8 @@ class Scorer:
 
   def __call__(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
     dense = np.asarray(dense, np.float32)
+    if self.signature.get("id_mapping") == "hash":
+      return self._call_raw(dense, np.asarray(sparse))
     sparse = np.asarray(sparse, np.int32)
     n, t = len(dense), len(self.table_sizes)
     if dense.shape != (n, self.signature["num_dense"]) or sparse.shape != (n, t):
@@ -46,6 +48,15 @@ class Scorer:
         f"{self.signature['table_names'][col]}: id out of range [0, {self.table_sizes[col]})"
       )
     return np.asarray(self.exported.call(self.weights, dense, sparse))
+
+  def _call_raw(self, dense: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """--id_mapping=hash: raw 32-bit values (missing = 0); the model takes value % rows."""
+    if raw.shape != (len(dense), len(self.table_sizes)) or raw.dtype.kind not in "iu":
+      t = len(self.table_sizes)
+      raise ValueError(f"expected sparse raw values u32[N, {t}], got {raw.shape}")
+    if raw.size and (raw.min() < 0 or raw.max() >= 2**32):
+      raise ValueError("sparse raw values must be in [0, 2^32)")
+    return np.asarray(self.exported.call(self.weights, dense, raw.astype(np.uint32)))
 
 
 def load(export_dir: str) -> Scorer:

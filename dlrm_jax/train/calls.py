@@ -49,7 +49,7 @@ def device_calls(
     n = min(k - step % k, total_steps - step)
     host = [next(batches) for _ in range(n)]
     for batch in host:
-      c.check_ids(batch["sparse"])
+      batch["sparse"] = c.check_ids(batch["sparse"])
     if n == k > 1:
       stacked = {key: np.stack([b[key] for b in host]) for key in host[0]}
       yield step, n, to_global(stacked, c.mesh, stacked=True)

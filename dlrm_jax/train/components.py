@@ -17,8 +17,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from dlrm_jax.config import Config
-from dlrm_jax.data.datasets import check_data_matches_model, resolve_dataset
+from dlrm_jax.data.datasets import check_data_matches_model, model_table_sizes, resolve_dataset
 from dlrm_jax.data.loader import check_batch_ids
+from dlrm_jax.data.raw_ids import hash_ids
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim import schedules
 from dlrm_jax.optim.sparse import SparseOptimizer
@@ -40,9 +41,14 @@ class Components:
   dense_tx: Any
   table_sizes: tuple[int, ...]
 
-  def check_ids(self, sparse: np.ndarray) -> None:
-    """Raises naming the feature if an id of a host batch is outside its table (JAX would clamp)."""
+  def check_ids(self, sparse: np.ndarray) -> np.ndarray:
+    """The ids to feed for a host batch's sparse column: raw values % rows under
+    --id_mapping=hash, else as they are. Raises naming the feature if an id is outside its table
+    (JAX would clamp)."""
+    if self.config.id_mapping == "hash":
+      sparse = hash_ids(sparse, self.table_sizes)
     check_batch_ids(sparse, self.table_sizes, self.config.bag_sizes(len(self.table_sizes)))
+    return sparse
 
 
 def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Components:
@@ -141,7 +147,7 @@ def load_components(config: Config, *, progress: bool) -> tuple[Components, str,
     multihost_utils.sync_global_devices("dataset prepared")
   if jax.process_index() != 0:
     processed, meta = resolve_dataset(config, progress=False)
-  c = build_components(config, mesh, meta["table_sizes"], meta["sparse_names"])
+  c = build_components(config, mesh, model_table_sizes(config, meta), meta["sparse_names"])
   check_data_matches_model(config, processed, meta)  # before any id reaches a table
   return c, processed, meta
 

@@ -42,7 +42,7 @@ def predict_logits(
   )
   logits, labels, masks = [], [], []
   for batch in loader.iterate():
-    c.check_ids(batch["sparse"])
+    batch["sparse"] = c.check_ids(batch["sparse"])
     logits.append(_local_rows(eval_step(state, to_global(batch, c.mesh))))
     labels.append(batch["label"])
     masks.append(batch["mask"])
