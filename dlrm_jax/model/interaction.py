@@ -32,19 +32,20 @@ def _pair_indices(num_features: int, itself: bool) -> tuple[np.ndarray, np.ndarr
   return pairs, symmetric.reshape(-1), diagonal.reshape(-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _gram_pairs(features: jax.Array, itself: bool) -> jax.Array:
-  """[B, F, D] in the operand dtype (policy.py) -> f32[B, P]: the kept pairs' dot products."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _gram_pairs(features: jax.Array, itself: bool, dtype) -> jax.Array:
+  """f32[B, F, D] -> f32[B, P]: the kept pairs' dot products, ``dtype`` operands (policy.py)."""
   pairs, _, _ = _pair_indices(features.shape[1], itself)
-  gram = jnp.einsum("bid,bjd->bij", features, features, **policy.dot_kwargs(features.dtype))
+  x = features.astype(dtype)
+  gram = jnp.einsum("bid,bjd->bij", x, x, **policy.dot_kwargs(dtype))
   return gram.reshape(gram.shape[0], -1)[:, pairs]
 
 
-def _gram_pairs_fwd(features, itself):
-  return _gram_pairs(features, itself), features
+def _gram_pairs_fwd(features, itself, dtype):
+  return _gram_pairs(features, itself, dtype), features
 
 
-def _gram_pairs_bwd(itself, features, dz):
+def _gram_pairs_bwd(itself, dtype, features, dz):
   # d(x_i . x_j) reaches x_i as dz_ij x_j and x_j as dz_ij x_i, so the
   # cotangent is S @ X with S the symmetric matrix of the pairs' dz (twice dz
   # on a kept diagonal). One batched matmul, where autodiff of the einsum runs
@@ -56,9 +57,11 @@ def _gram_pairs_bwd(itself, features, dz):
   s = padded[:, symmetric]
   if itself:
     s = s * diagonal.astype(s.dtype)
-  # In the operand dtype, so that the backward dot runs as the forward one (policy.py).
-  s = s.reshape(b, f, f).astype(features.dtype)
-  ds = jnp.einsum("bij,bjd->bid", s, features, **policy.dot_kwargs(features.dtype))
+  # Operands in the operand dtype, so that the backward dot runs as the forward one
+  # (policy.py); its f32 result is returned unrounded: these are the embedding rows'
+  # and the bottom MLP's gradients.
+  s = s.reshape(b, f, f).astype(dtype)
+  ds = jnp.einsum("bij,bjd->bid", s, features.astype(dtype), **policy.dot_kwargs(dtype))
   return (ds.astype(features.dtype),)
 
 
@@ -79,7 +82,7 @@ def dot_interaction(
     f32[B, D + P] with P = F(F-1)/2 (F(F+1)/2 with ``itself``), F = T + 1.
   """
   features = jnp.concatenate([bottom[:, None, :], emb.astype(bottom.dtype)], axis=1)
-  pairs = _gram_pairs(features.astype(dtype), itself)
+  pairs = _gram_pairs(features, itself, jnp.dtype(dtype))
   return jnp.concatenate([bottom, pairs.astype(bottom.dtype)], axis=1)
 
 

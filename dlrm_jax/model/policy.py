@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -49,42 +50,43 @@ def dense(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
   return _low_dense(x, kernel, jnp.dtype(dtype))
 
 
-@jax.custom_vjp
-def _low_dense_raw(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """x[..., K], kernel[K, N], both low precision -> f32[..., N]."""
-  return lax.dot_general(x, kernel, _contract_last(x), **dot_kwargs(x.dtype))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _low_dense(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+  """x[..., K], kernel[K, N] (f32) -> f32[..., N], the dot taking ``dtype`` operands."""
+  return lax.dot_general(
+    x.astype(dtype), kernel.astype(dtype), _contract_last(x), **dot_kwargs(dtype)
+  )
 
 
-def _low_dense_fwd(x, kernel):
+def _low_dense_fwd(x, kernel, dtype):
   # The weight gradient's dot runs faster on XLA:CPU with x contiguous as
   # [K, M] (M: the leading axes flattened) than contracting x's leading axis
   # (issue 20: 363 against 131 GFLOP/s on a 2048 x 512 x 256 layer). The
   # barrier stops XLA from folding the transpose back into that dot.
-  xt = lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)
-  return _low_dense_raw(x, kernel), (xt, kernel)
+  xt = lax.optimization_barrier(x.astype(dtype).reshape(-1, x.shape[-1]).T)
+  # Empty arrays carry the primals' dtypes to the backward pass (residuals are arrays).
+  dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), kernel.dtype))
+  return _low_dense(x, kernel, dtype), (xt, kernel.astype(dtype), dtypes)
 
 
-def _low_dense_bwd(residuals, g):
+def _low_dense_bwd(dtype, residuals, g):
   # Autodiff would hand the f32 cotangent g to the two transposed dots, which
   # then run f32 x bf16 (upcast to f32) at the f32 rate: cast it down first, so
-  # that the backward dots also take bf16 operands and accumulate in f32.
-  xt, kernel = residuals
-  g = g.astype(kernel.dtype)
-  kw = dot_kwargs(kernel.dtype)
+  # that the backward dots also take low-precision operands. They accumulate in
+  # f32 and their results are returned in f32, never rounded to the operand
+  # dtype: the residual paths around a layer (DCN's `+ x_l`) and the parameters'
+  # gradients keep f32 precision.
+  xt, kernel, (x_like, kernel_like) = residuals
+  g = g.astype(dtype)
+  kw = dot_kwargs(dtype)
   # dx[..., K] = g[..., N] . kernel[K, N] over N, no transpose of the kernel;
   # dkernel[K, N] = xt[K, M] . g[M, N].
   dx = lax.dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())), **kw)
   dk = lax.dot_general(xt, g.reshape(-1, g.shape[-1]), (((1,), (0,)), ((), ())), **kw)
-  return dx.astype(kernel.dtype), dk.astype(kernel.dtype)
+  return dx.astype(x_like.dtype), dk.astype(kernel_like.dtype)
 
 
-_low_dense_raw.defvjp(_low_dense_fwd, _low_dense_bwd)
-
-
-def _low_dense(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
-  # The casts sit outside the custom VJP, so autodiff turns their cotangents
-  # back into the parameters' and inputs' f32.
-  return _low_dense_raw(x.astype(dtype), kernel.astype(dtype))
+_low_dense.defvjp(_low_dense_fwd, _low_dense_bwd)
 
 
 def reference_normal(key, shape, dtype=jnp.float32) -> jax.Array:
