@@ -18,6 +18,7 @@ from dlrm_jax.data import vocab as vocab_lib
 from dlrm_jax.data.streaming import (
   SUB_SAMPLE_RULE,
   Segment,
+  check_stream,
   chunk_bytes_for,
   dense_transform,
   stream,
@@ -227,12 +228,7 @@ def _preprocess_kaggle(
     progress_total=num_lines,
     workers=workers,
   )
-  if stats["lines"] != num_lines:
-    raise RuntimeError(
-      f"parsed {stats['lines']} lines but counted {num_lines}: did the files change?"
-    )
-  if stats["rows"] == 0:
-    raise bad_rows.BadRowError(f"no usable rows in {', '.join(raw_files)}: {report.summary()}")
+  check_stream(stats, num_lines, raw_files, report)
   for w in writers.values():
     w.close()
   counted = [c.result() for c in counters]

@@ -10,7 +10,13 @@ import numpy as np
 from dlrm_jax.data import bad_rows, columns, tsv_parser
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import splits as splits_lib
-from dlrm_jax.data.streaming import SUB_SAMPLE_RULE, Segment, chunk_bytes_for, stream
+from dlrm_jax.data.streaming import (
+  SUB_SAMPLE_RULE,
+  Segment,
+  check_stream,
+  chunk_bytes_for,
+  stream,
+)
 
 ID_CONVENTION = (
   "raw: per feature the categorical value as written (8 hex digits -> uint32), no vocabulary; a "
@@ -57,12 +63,7 @@ def preprocess_kaggle_raw(
     progress_total=num_lines,
     workers=workers,
   )
-  if stats["lines"] != num_lines:
-    raise RuntimeError(
-      f"parsed {stats['lines']} lines but counted {num_lines}: did the files change?"
-    )
-  if stats["rows"] == 0:
-    raise bad_rows.BadRowError(f"no usable rows in {', '.join(raw_files)}: {report.summary()}")
+  check_stream(stats, num_lines, raw_files, report)
   for w in writers.values():
     w.commit()
   rows = {s: w.rows for s, w in writers.items()}

@@ -128,6 +128,18 @@ def stream(
   return stats
 
 
+def check_stream(
+  stats: dict[str, int], num_lines: int, raw_files: Sequence[str], report: bad_rows.BadRowReport
+) -> None:
+  """After ``stream``: every counted line was parsed, and some row was usable."""
+  if stats["lines"] != num_lines:
+    raise RuntimeError(
+      f"parsed {stats['lines']} lines but counted {num_lines}: did the files change?"
+    )
+  if stats["rows"] == 0:
+    raise bad_rows.BadRowError(f"no usable rows in {', '.join(raw_files)}: {report.summary()}")
+
+
 def route_chunk(
   parsed: tsv_parser.ParsedChunk,
   offset: int,
