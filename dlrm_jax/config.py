@@ -16,8 +16,10 @@ from dlrm_jax.sharding.specs import POOLINGS
 
 DATASETS = ("synthetic", "kaggle", "terabyte")
 VOCABULARIES = ("train", "reference")
-# How a raw categorical value becomes a row (an enum: issue 19 adds "managed" later).
-ID_MAPPINGS = ("vocabulary", "hash")
+# How a raw categorical value becomes a row: a vocabulary pass, raw % rows, or a managed
+# (zero-collision, evicting) map on the devices (dlrm_jax/sharding/managed.py).
+ID_MAPPINGS = ("vocabulary", "hash", "managed")
+EVICTION_POLICIES = ("lru", "lfu")
 # --id_mapping=hash with no --hash_rows and no --max_ind_range: rows per table are
 # min(training rows, this), the reference's usual --max-ind-range for Criteo.
 HASH_ROWS_CAP = 10_000_000
@@ -63,6 +65,11 @@ class Config:
   id_mapping: str = "vocabulary"  # vocabulary: a counting pass; hash: raw value % rows
   # --id_mapping=hash rows per table: ("", n) for every table, (name, n) overrides; () = auto.
   hash_rows: tuple[tuple[str, int], ...] = ()
+  # --id_mapping=managed ids per table, like hash_rows; () = auto (as hash's rows). Each table
+  # has one row more: row 0, the unknown row.
+  managed_capacity: tuple[tuple[str, int], ...] = ()
+  eviction: str = "lru"  # managed, when a table is full: lru or lfu (decayed counts)
+  lfu_decay: float = 0.99  # lfu: a row's count is multiplied by this every step it is not used
   # Model.
   embedding_dim: int = 16
   bottom_mlp: tuple[int, ...] = (512, 256, 64, 16)
@@ -334,19 +341,32 @@ class Config:
       self.id_mapping in ID_MAPPINGS,
       f"--id_mapping={self.id_mapping!r}: must be one of {', '.join(ID_MAPPINGS)}",
     )
+    _check(
+      self.id_mapping == "hash" or not self.hash_rows,
+      f"--hash_rows: used only with --id_mapping=hash (not {self.id_mapping})",
+    )
+    managed = self.id_mapping == "managed"
+    _check(
+      managed or not self.managed_capacity,
+      f"--managed_capacity: used only with --id_mapping=managed (not {self.id_mapping})",
+    )
+    _check(
+      self.eviction in EVICTION_POLICIES,
+      f"--eviction={self.eviction!r}: must be one of {', '.join(EVICTION_POLICIES)}",
+    )
+    _check(0.0 < self.lfu_decay <= 1.0, f"--lfu_decay={self.lfu_decay}: must be in (0, 1]")
     if self.id_mapping == "vocabulary":
-      _check(not self.hash_rows, "--hash_rows: used only with --id_mapping=hash")
       return
-    # Hashing keeps raw values: nothing is counted, so no option of the counting pass applies.
+    # Raw values: nothing is counted, so no option of the counting pass applies.
+    mode = f"--id_mapping={self.id_mapping}"
     _check(
       self.vocabulary == "train",
-      f"--vocabulary={self.vocabulary} needs --id_mapping=vocabulary: --id_mapping=hash builds "
-      f"no vocabulary",
+      f"--vocabulary={self.vocabulary} needs --id_mapping=vocabulary: {mode} builds no vocabulary",
     )
     _check(
       self.min_frequency == 1,
-      f"--min_frequency={self.min_frequency} needs --id_mapping=vocabulary: --id_mapping=hash "
-      f"counts no values",
+      f"--min_frequency={self.min_frequency} needs --id_mapping=vocabulary: {mode} counts no "
+      f"values",
     )
     _check(
       not self.multi_hot_sizes,
@@ -354,14 +374,40 @@ class Config:
     )
     _check(
       self.dataset != "terabyte",
-      "--id_mapping=hash: not yet for --dataset=terabyte (its per-day cache counts values); "
-      "use --dataset=kaggle or synthetic",
+      f"{mode}: not yet for --dataset=terabyte (its per-day cache counts values); use "
+      f"--dataset=kaggle or synthetic",
     )
     for name, rows in self.hash_rows:
       _check(
         1 <= rows < 2**31,
         f"--hash_rows={name + ':' if name else ''}{rows}: rows must be in [1, 2^31)",
       )
+    for name, ids in self.managed_capacity:
+      _check(
+        1 <= ids < 2**31 - 1,
+        f"--managed_capacity={name + ':' if name else ''}{ids}: a capacity must be in "
+        f"[1, 2^31 - 1)",
+      )
+    if managed:
+      plans = {plan for _, plan in self.table_sharding} | (
+        set() if self.sharding == "auto" else {self.sharding}
+      )
+      _check(
+        plans <= {"row"},
+        f"--id_mapping=managed: managed tables are row-wise; --sharding={self.sharding} "
+        f"--table_sharding={','.join(f'{n}:{p}' for n, p in self.table_sharding)} asks for "
+        f"{', '.join(sorted(plans - {'row'}))}",
+      )
+
+  @property
+  def raw_ids(self) -> bool:
+    """The data keeps raw categorical values (--id_mapping=hash or managed): one pass."""
+    return self.id_mapping != "vocabulary"
+
+  @property
+  def data_id_mapping(self) -> str:
+    """The preprocessed data's id_mapping: hash and managed read the same raw values."""
+    return "hash" if self.raw_ids else "vocabulary"
 
   @property
   def resolved_steps_per_call(self) -> int:

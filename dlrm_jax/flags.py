@@ -9,6 +9,7 @@ from absl import flags
 from dlrm_jax.config import (
   COMPUTE_DTYPES,
   DATASETS,
+  EVICTION_POLICIES,
   HASH_ROWS_CAP,
   ID_MAPPINGS,
   MODES,
@@ -117,7 +118,9 @@ flags.DEFINE_enum(
   ID_MAPPINGS,
   "How a raw categorical value becomes a table row. vocabulary: a counting pass builds "
   "--vocabulary; hash: preprocessing keeps the raw 32-bit values (no counting pass) and row = "
-  "value % --hash_rows (a missing value is the value 0). Default vocabulary.",
+  "value % --hash_rows (a missing value is the value 0); managed: the same raw values, each "
+  "given its own row by a map on the devices, evicting by --eviction when a table holds "
+  "--managed_capacity ids. Default vocabulary.",
 )
 flags.DEFINE_list(
   "hash_rows",
@@ -125,6 +128,24 @@ flags.DEFINE_list(
   "--id_mapping=hash: rows per table, e.g. 1000000 for every table, or 1000000,C3:5000 with "
   "per-table overrides. Default (empty): --max_ind_range if set, else min(training rows, "
   f"{HASH_ROWS_CAP:,}).",
+)
+flags.DEFINE_list(
+  "managed_capacity",
+  [],
+  "--id_mapping=managed: ids each table holds before it evicts, e.g. 1000000 for every table, "
+  "or 1000000,C3:5000 with per-table overrides; each table gets one more row (row 0, for ids it "
+  "does not hold). Default (empty): --max_ind_range if set, else min(training rows, "
+  f"{HASH_ROWS_CAP:,}), so no training id is ever evicted.",
+)
+flags.DEFINE_enum(
+  "eviction",
+  _D.eviction,
+  EVICTION_POLICIES,
+  "--id_mapping=managed, when a table is full: lru evicts the least recently used row, lfu the "
+  "lowest use count decayed by --lfu_decay per step. Default lru.",
+)
+flags.DEFINE_float(
+  "lfu_decay", _D.lfu_decay, "--eviction=lfu: a row's count is multiplied by this every step."
 )
 # Model.
 flags.DEFINE_integer("embedding_dim", _D.embedding_dim, "Width of every embedding row.")
@@ -357,13 +378,14 @@ def _int_list(name: str) -> tuple[int, ...]:
     ) from None
 
 
-def _hash_rows() -> tuple[tuple[str, int], ...]:
+def _rows_per_table(flag: str) -> tuple[tuple[str, int], ...]:
+  """--hash_rows / --managed_capacity: N for every table, TABLE:N overrides."""
   pairs = []
-  for item in FLAGS.hash_rows:
+  for item in FLAGS[flag].value:
     name, sep, rows = item.rpartition(":")
     if (sep and not name) or not rows.strip().lstrip("-").isdigit():
       raise ConfigError(
-        f"--hash_rows={item!r}: expected ROWS (every table) or TABLE:ROWS, e.g. 1000000,C3:5000"
+        f"--{flag}={item!r}: expected N (every table) or TABLE:N, e.g. 1000000,C3:5000"
       )
     pairs.append((name, int(rows)))
   return tuple(pairs)
@@ -383,7 +405,7 @@ def _table_sharding() -> tuple[tuple[str, str], ...]:
 
 
 _INT_LISTS = ("bottom_mlp", "top_mlp", "dcn_deep_mlp", "embedding_mlp", "multi_hot_sizes")
-_SPECIAL = _INT_LISTS + ("mesh_shape", "table_sharding", "hash_rows")
+_SPECIAL = _INT_LISTS + ("mesh_shape", "table_sharding", "hash_rows", "managed_capacity")
 
 
 def config_from_flags() -> Config:
@@ -400,7 +422,8 @@ def config_from_flags() -> Config:
     **{name: _int_list(name) for name in _INT_LISTS},
     mesh_shape=mesh_shape,
     table_sharding=_table_sharding(),
-    hash_rows=_hash_rows(),
+    hash_rows=_rows_per_table("hash_rows"),
+    managed_capacity=_rows_per_table("managed_capacity"),
   )
 
 

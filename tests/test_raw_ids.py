@@ -116,8 +116,10 @@ def test_config_refuses_what_hash_cannot_honour(fields, flag):
 def test_config_refuses_hash_rows_without_hash_and_unknown_mapping():
   with pytest.raises(ConfigError, match="--hash_rows"):
     Config(hash_rows=(("", 5),)).validate()
-  with pytest.raises(ConfigError, match="--id_mapping='managed'"):
-    Config(id_mapping="managed").validate()
+  with pytest.raises(ConfigError, match="--hash_rows"):
+    Config(id_mapping="managed", hash_rows=(("", 5),)).validate()
+  with pytest.raises(ConfigError, match="--id_mapping='modulo'"):
+    Config(id_mapping="modulo").validate()
 
 
 def test_bad_hash_rows_flag_is_refused_naming_it(tmp_path):

@@ -77,7 +77,7 @@ def processed_dir(config: Config) -> str:
     config.min_frequency,
     config.data_sub_sample_rate,
     config.vocabulary,
-    config.id_mapping,
+    config.data_id_mapping,
   )
   return os.path.join(
     config.data_dir, KAGGLE_DIR if config.dataset == "kaggle" else TERABYTE_DIR, name
@@ -98,7 +98,7 @@ def resolve_dataset(config: Config, *, progress: bool = True) -> tuple[str, dict
     sub_sample_rate=config.data_sub_sample_rate,
     strict=config.strict,
     vocabulary=config.vocabulary,
-    id_mapping=config.id_mapping,
+    id_mapping=config.data_id_mapping,
     progress=progress,
   )
   bag_sizes = config.bag_sizes(cf.NUM_SPARSE)
@@ -156,11 +156,11 @@ def check_data_matches_model(config: Config, processed: str, metadata: dict[str,
   bound --max_ind_range sets. The reference fails mid-run with "index out of range" instead.
   """
   made_with = metadata.get("id_mapping", "vocabulary")
-  if made_with != config.id_mapping:
+  if made_with != config.data_id_mapping:
     raise ConfigError(
       f"--id_mapping={config.id_mapping} but {processed} was made with id_mapping={made_with}"
     )
-  if config.id_mapping == "hash":
+  if config.raw_ids:
     _check_raw_data_matches(config, processed, metadata)
     return
   want = config.bag_sizes(len(metadata["table_sizes"]))
@@ -218,12 +218,18 @@ def _check_raw_data_matches(config: Config, processed: str, metadata: dict[str, 
 
 
 def model_table_sizes(config: Config, metadata: dict[str, Any]) -> list[int]:
-  """Rows of each table: the vocabulary's (metadata), or under --id_mapping=hash --hash_rows'
-  (default: --max_ind_range if set, else min(training rows, HASH_ROWS_CAP))."""
-  if config.id_mapping != "hash":
+  """Rows of each table: the vocabulary's (metadata); under --id_mapping=hash --hash_rows';
+  under --id_mapping=managed --managed_capacity's plus the unknown row. The default rows (or
+  capacity) are --max_ind_range if set, else min(training rows, HASH_ROWS_CAP): no table can
+  meet more distinct training ids than the training split has rows."""
+  if not config.raw_ids:
     return [int(s) for s in metadata["table_sizes"]]
   default = config.max_ind_range or min(int(metadata["num_rows"]["train"]), HASH_ROWS_CAP)
+  names = metadata["sparse_names"]
   try:
-    return raw_ids.table_rows(config.hash_rows, default, metadata["sparse_names"])
+    if config.id_mapping == "hash":
+      return raw_ids.table_rows(config.hash_rows, default, names)
+    capacity = raw_ids.table_rows(config.managed_capacity, default, names, "--managed_capacity")
+    return [ids + 1 for ids in capacity]
   except ValueError as e:
     raise ConfigError(str(e)) from None

@@ -94,15 +94,18 @@ def preprocess_kaggle_raw(
 
 
 def table_rows(
-  overrides: Sequence[tuple[str, int]], default_rows: int, names: Sequence[str]
+  overrides: Sequence[tuple[str, int]],
+  default_rows: int,
+  names: Sequence[str],
+  flag: str = "--hash_rows",
 ) -> list[int]:
   """Rows of each table: the last ("", n) of `overrides` for every table (else default_rows),
-  then each (name, n) for its table. ValueError naming --hash_rows for an unknown table."""
+  then each (name, n) for its table. ValueError naming ``flag`` for an unknown table."""
   every = [rows for name, rows in overrides if not name]
   rows = {name: every[-1] if every else default_rows for name in names}
   for name, n in overrides:
     if name and name not in rows:
-      raise ValueError(f"--hash_rows={name}:{n}: no table {name} (tables: {', '.join(names)})")
+      raise ValueError(f"{flag}={name}:{n}: no table {name} (tables: {', '.join(names)})")
     if name:
       rows[name] = n
   return [rows[name] for name in names]

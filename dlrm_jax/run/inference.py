@@ -53,7 +53,7 @@ def load(config: Config) -> Loaded:
     meta,
     restored.state,
     restored.path,
-    make_eval_step(c.model, c.layout, c.mesh, abstract),
+    make_eval_step(c.model, c.layout, c.mesh, abstract, c.managed),
   )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -112,12 +113,13 @@ def run_programs(c: Components, abstract: TrainState) -> dict[str, Callable]:
   objects afterwards: JAX's caches then hand it the executables compiled here.
   """
   model, layout, mesh, k = c.model, c.layout, c.mesh, c.config.resolved_steps_per_call
-  programs = {"train": make_train_step(model, layout, c.sparse_opt, c.dense_tx, mesh, abstract, k)}
+  train = functools.partial(
+    make_train_step, model, layout, c.sparse_opt, c.dense_tx, mesh, abstract, managed=c.managed
+  )
+  programs = {"train": train(k)}
   if k > 1:
-    programs["train 1 step"] = make_train_step(
-      model, layout, c.sparse_opt, c.dense_tx, mesh, abstract
-    )
-  programs["eval"] = make_eval_step(model, layout, mesh, abstract)
+    programs["train 1 step"] = train(1)
+  programs["eval"] = make_eval_step(model, layout, mesh, abstract, c.managed)
   programs["checkpoint"] = make_snapshot(layout, abstract, mesh, c.config.seed)
   return programs
 

@@ -59,6 +59,11 @@ def _init_rows(
   return row_values(seed, table, row, columns) * bound[:, None]
 
 
+def table_seed(key: jax.Array) -> jax.Array:
+  """u32[2]: the seed ``row_values`` takes, from the tables' PRNG key."""
+  return jax.random.key_data(key).reshape(-1)[-2:].astype(jnp.uint32)
+
+
 def init_buffers(layout: EmbeddingLayout, key: jax.Array) -> dict[str, jax.Array]:
   """Per-device initial shards: row i of table t is U(-sqrt(1/rows_t), sqrt(1/rows_t)).
 
@@ -68,7 +73,7 @@ def init_buffers(layout: EmbeddingLayout, key: jax.Array) -> dict[str, jax.Array
   memory is its shard plus a few chunks.
   """
   k = lax.axis_index(MODEL_AXIS)
-  seed = jax.random.key_data(key).reshape(-1)[-2:].astype(jnp.uint32)
+  seed = table_seed(key)
   out = {}
   for name in layout.buffer_shapes():
     plan = next(p for p in PLANS.values() if p.buffer == name)

@@ -16,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from dlrm_jax.config import Config
+from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data.datasets import check_data_matches_model, model_table_sizes, resolve_dataset
 from dlrm_jax.data.loader import check_batch_ids
 from dlrm_jax.data.raw_ids import hash_ids
@@ -24,6 +24,7 @@ from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim import schedules
 from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.sharding import mesh as mesh_lib
+from dlrm_jax.sharding.managed import MANAGED_FLOATS_PER_ROW, ManagedLayout, managed_layout
 from dlrm_jax.sharding.planner import EmbeddingLayout, plan_layout
 from dlrm_jax.sharding.specs import table_specs
 from dlrm_jax.train.state import TrainState, create_train_state, dense_optimizer
@@ -40,11 +41,14 @@ class Components:
   sparse_opt: SparseOptimizer
   dense_tx: Any
   table_sizes: tuple[int, ...]
+  managed: ManagedLayout | None = None  # --id_mapping=managed: the maps' static layout
 
   def check_ids(self, sparse: np.ndarray) -> np.ndarray:
     """The ids to feed for a host batch's sparse column: raw values % rows under
-    --id_mapping=hash, else as they are. Raises naming the feature if an id is outside its table
-    (JAX would clamp)."""
+    --id_mapping=hash, the raw values' bits (int32) under managed, else as they are. Raises
+    naming the feature if an id is outside its table (JAX would clamp)."""
+    if self.managed is not None:
+      return np.ascontiguousarray(sparse).view(np.int32)  # the devices map every value
     if self.config.id_mapping == "hash":
       sparse = hash_ids(sparse, self.table_sizes)
     check_batch_ids(sparse, self.table_sizes, self.config.bag_sizes(len(self.table_sizes)))
@@ -75,14 +79,23 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
   )
   model_shards = mesh_lib.model_size(mesh)
   memory = int(config.device_memory_gb * 2**30) if config.device_memory_gb else None
+  managed = config.id_mapping == "managed"
+  slot_floats = sparse_opt.slot_floats_per_row(config.embedding_dim)
   layout = plan_layout(
     specs,
     model_shards,
-    default=config.sharding,
+    default="row" if managed else config.sharding,
     overrides=dict(config.table_sharding),
     device_memory_bytes=memory,
-    slot_floats_per_row=sparse_opt.slot_floats_per_row(config.embedding_dim),
+    # The maps' state counts against the memory each row needs.
+    slot_floats_per_row=slot_floats + (MANAGED_FLOATS_PER_ROW if managed else 0),
   )
+  managed_tables = None
+  if managed:
+    try:
+      managed_tables = managed_layout(layout, config.eviction, config.lfu_decay)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   model = dense_model(config)
   dense_tx = dense_optimizer(
     config.optimizer,
@@ -90,7 +103,9 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
     eps=config.adagrad_eps,
     initial_accumulator=config.adagrad_initial_accumulator,
   )
-  return Components(config, mesh, layout, model, sparse_opt, dense_tx, tuple(table_sizes))
+  return Components(
+    config, mesh, layout, model, sparse_opt, dense_tx, tuple(table_sizes), managed_tables
+  )
 
 
 def dense_model(config: Config) -> DenseModel:
@@ -130,7 +145,9 @@ def parameter_counts(c: Components, num_dense: int = 13) -> dict[str, int]:
 def abstract_train_state(c: Components) -> TrainState:
   """Shapes and dtypes of the TrainState ``c`` would create; allocates nothing."""
   return jax.eval_shape(
-    lambda key: create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, key),
+    lambda key: create_train_state(
+      c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, key, managed=c.managed
+    ),
     jax.random.key(c.config.seed),
   )
 
@@ -155,5 +172,11 @@ def load_components(config: Config, *, progress: bool) -> tuple[Components, str,
 def initial_state(c: Components) -> TrainState:
   """A freshly initialised, already sharded TrainState (seed from the config)."""
   return create_train_state(
-    c.model, c.layout, c.sparse_opt, c.dense_tx, c.mesh, jax.random.key(c.config.seed)
+    c.model,
+    c.layout,
+    c.sparse_opt,
+    c.dense_tx,
+    c.mesh,
+    jax.random.key(c.config.seed),
+    managed=c.managed,
   )

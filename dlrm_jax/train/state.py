@@ -14,9 +14,10 @@ from jax.sharding import PartitionSpec as P
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.dense import dense_optimizer
 from dlrm_jax.optim.sparse import SparseOptimizer
+from dlrm_jax.sharding import managed as managed_lib
 from dlrm_jax.sharding.mesh import MODEL_AXIS
 from dlrm_jax.sharding.planner import BUFFER_SPECS, EmbeddingLayout
-from dlrm_jax.sharding.table_init import init_tables
+from dlrm_jax.sharding.table_init import init_tables, table_seed
 
 __all__ = ["TrainState", "create_train_state", "dense_optimizer", "state_shardings", "state_specs"]
 
@@ -30,6 +31,9 @@ class TrainState:
   opt_state: Any  # optax state of params, replicated
   tables: dict[str, jax.Array]  # buffer name -> f32[rows, dim] (see planner)
   slots: dict[str, dict[str, jax.Array]]  # buffer name -> sparse optimizer state
+  # --id_mapping=managed: the maps raw id -> row beside the tables (sharding/managed.py); {}
+  # otherwise.
+  managed: dict[str, jax.Array] = flax.struct.field(default_factory=dict)
 
 
 def _slot_spec(buffer: str, slot: jax.ShapeDtypeStruct) -> P:
@@ -50,6 +54,7 @@ def state_specs(state: TrainState) -> TrainState:
       name: {k: _slot_spec(name, v) for k, v in slots.items()}
       for name, slots in state.slots.items()
     },
+    managed=managed_lib.state_specs(state.managed),
   )
 
 
@@ -67,6 +72,7 @@ def create_train_state(
   mesh: Mesh,
   key: jax.Array,
   num_dense: int = 13,
+  managed: managed_lib.ManagedLayout | None = None,
 ) -> TrainState:
   """Initialises every array directly in its sharding; no table passes through the host."""
   make_tables = init_tables(layout, mesh)
@@ -83,6 +89,7 @@ def create_train_state(
       opt_state=dense_tx.init(params),
       tables=tables,
       slots={n: sparse_opt.init_slots(t) for n, t in tables.items()},
+      managed={} if managed is None else managed_lib.init_state(managed, table_seed(table_key)),
     )
 
   shardings = state_shardings(mesh, jax.eval_shape(init, key))

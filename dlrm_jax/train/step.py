@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.sharding import collectives
+from dlrm_jax.sharding import managed as managed_lib
 from dlrm_jax.sharding.exchange import lookup, route_gradients
 from dlrm_jax.sharding.mesh import BATCH_AXES, MODEL_AXIS, batch_spec
 from dlrm_jax.sharding.planner import EmbeddingLayout
@@ -48,6 +49,7 @@ def make_train_step(
   mesh: Mesh,
   abstract_state: TrainState,
   steps_per_call: int = 1,
+  managed: managed_lib.ManagedLayout | None = None,
 ) -> Callable:
   """Returns jitted ``step(state, batch) -> (state, metrics)``; state is donated.
 
@@ -64,11 +66,29 @@ def make_train_step(
   (leaves [K, B, ...], ``batch_shardings(mesh, stacked=True)``) and runs the
   same step K times in a ``lax.scan`` within one dispatch; each metric is then
   f32[K], one per step.
+
+  ``managed`` (--id_mapping=managed): ``batch["sparse"]`` holds raw ids, which the
+  maps in ``state.managed`` turn into rows first (inserting, evicting and
+  resetting rows; sharding/managed.py).
   """
 
   def per_device(state: TrainState, batch: dict[str, jax.Array]):
+    sparse = batch["sparse"]
+    if managed is not None:
+      with jax.named_scope("managed_ids"):
+        maps, tables, slots, sparse = managed_lib.update_rows(
+          managed,
+          state.managed,
+          state.tables,
+          state.slots,
+          sparse,
+          batch["mask"] > 0,
+          state.step,
+          sparse_opt.initial_accumulator,
+        )
+      state = state.replace(managed=maps, tables=tables, slots=slots)
     with jax.named_scope("embedding_lookup"):
-      emb = lookup(layout, state.tables, batch["sparse"])
+      emb = lookup(layout, state.tables, sparse)
     count = collectives.psum(jnp.sum(batch["mask"]), BATCH_AXES)
 
     def local_loss(params, emb):
@@ -91,7 +111,7 @@ def make_train_step(
       updates, opt_state = dense_tx.update(param_grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
     with jax.named_scope("embedding_update"):
-      routed = route_gradients(layout, batch["sparse"], emb_grads)
+      routed = route_gradients(layout, sparse, emb_grads)
       tables, slots = dict(state.tables), dict(state.slots)
       for name, r in routed.items():
         tables[name], slots[name] = sparse_opt.apply(
@@ -141,12 +161,23 @@ def make_train_step(
 
 
 def make_eval_step(
-  model: DenseModel, layout: EmbeddingLayout, mesh: Mesh, abstract_state: TrainState
+  model: DenseModel,
+  layout: EmbeddingLayout,
+  mesh: Mesh,
+  abstract_state: TrainState,
+  managed: managed_lib.ManagedLayout | None = None,
 ) -> Callable:
-  """Returns jitted ``eval_step(state, batch) -> logits f32[B]`` (batch-sharded)."""
+  """Returns jitted ``eval_step(state, batch) -> logits f32[B]`` (batch-sharded).
+
+  ``managed``: raw ids are looked up in the maps, which it does not change; an id
+  they do not hold takes the unknown row (row 0).
+  """
 
   def per_device(state: TrainState, batch: dict[str, jax.Array]):
-    emb = lookup(layout, state.tables, batch["sparse"])
+    sparse = batch["sparse"]
+    if managed is not None:
+      sparse = managed_lib.lookup_rows(managed, state.managed, sparse)
+    emb = lookup(layout, state.tables, sparse)
     return model.apply({"params": state.params}, batch["dense"], emb)
 
   specs = state_specs(abstract_state)
