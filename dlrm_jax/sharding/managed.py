@@ -4,9 +4,9 @@ Every managed table is row-wise. Raw id x of table t belongs to one model shard,
 its owner: ``owners_t[fmix(x) % len(owners_t)]``, over the shards that hold rows
 of t. Beside its chunk of t's rows the owner keeps, for those rows only:
 
-* a map raw id -> row, open addressing with double hashing over H_t slots (the
-  smallest power of two >= 2x the chunk) and at most ``PROBES`` probes, so a
-  lookup is PROBES gathers and never a host round trip;
+* a map raw id -> row: open addressing with linear probing over H_t = 4 x chunk
+  slots, an id within ``PROBES`` slots of its home, so a lookup is one gather of
+  a window on the device and never a host round trip;
 * per row: the id it holds, its map slot (-1: free), the step it was last used
   and its use count, which the eviction policy reads.
 
@@ -29,8 +29,8 @@ replicas of a shard make the same decisions):
 Row 0 of every managed table (the first row of model shard 0) is the unknown
 row: it is never given to an id. Evaluation, prediction and export map ids that
 are not in the map to it, and so does training for the rare id that finds no row
-(more new ids in one step than rows to evict, or all its probes taken: about
-2^-32 per insertion at the map's load of at most one half); ``unplaced`` counts
+(more new ids in one step than rows to evict, or all its PROBES slots taken:
+under 2e-9 per insertion at the map's load of at most 1/4); ``unplaced`` counts
 those. Row 0 is initialised and trained like any row.
 """
 
@@ -49,15 +49,18 @@ from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.sharding.table_init import _fmix32, row_values
 
 POLICIES = ("lru", "lfu")
+# Map slots per row, and the window of slots an id may take (linear probing). At a load of at
+# most 1/4, 32 slots in a row are all taken with probability about (e^0.75 / 4)^32 < 2e-9.
+SLOTS_PER_ROW = 4
 PROBES = 32
-# Salts keep the owner, the first probe and the probe stride independent hashes of an id.
-_OWNER_SALT, _PROBE_SALT, _STRIDE_SALT = 0x3C6EF372, 0xA54FF53A, 0x510E527F
+# Salts keep the owner and the home slot independent hashes of an id.
+_OWNER_SALT, _PROBE_SALT = 0x3C6EF372, 0xA54FF53A
 _I32_MAX = np.iinfo(np.int32).max
 _I32_MIN = np.iinfo(np.int32).min
 COUNTERS = ("inserted", "evicted", "unplaced")
-# What the planner charges each row for the map: 4 floats of row state, and 2 slots of
-# 8 bytes for each of the at most 2-4 map slots per row (H is the power of two >= 2 x chunk).
-MANAGED_FLOATS_PER_ROW = 4 + 2 * 4
+# What the planner charges each row for the map: 4 floats of row state, and SLOTS_PER_ROW map
+# slots of (id, row).
+MANAGED_FLOATS_PER_ROW = 4 + 2 * SLOTS_PER_ROW
 
 
 def _hash(x: jax.Array, salt: int) -> jax.Array:
@@ -94,7 +97,7 @@ class ManagedLayout:
 
   @property
   def slots_per_shard(self) -> int:
-    return int(self.slot_offset[-1] + self.slots[-1])
+    return int(self.slot_offset[-1] + self.slots[-1] + PROBES - 1)
 
   def capacity(self) -> list[int]:
     """Ids each table holds at most: its rows on every shard but the unknown row."""
@@ -129,12 +132,13 @@ def managed_layout(layout: EmbeddingLayout, policy: str = "lru", decay: float = 
       )
     offset.append(p.offset)
     chunk.append(p.chunk)
-    slots.append(1 << max(1, int(2 * p.chunk - 1).bit_length()))
+    slots.append(SLOTS_PER_ROW * p.chunk)
     rows.append(per_shard)
     first.append(firsts)
     owners.append(own)
     bound.append(p.spec.init_bound)
-  slot_offset = np.concatenate([[0], np.cumsum(slots)[:-1]]).astype(np.int32)
+  regions = np.asarray(slots) + PROBES - 1
+  slot_offset = np.concatenate([[0], np.cumsum(regions)[:-1]]).astype(np.int32)
   return ManagedLayout(
     model_size=m,
     rows_per_shard=layout.rows_per_shard,
@@ -176,55 +180,60 @@ def state_specs(state: dict[str, jax.Array]) -> dict[str, jax.sharding.Partition
 
 
 class _Owned:
-  """The distinct (table, id) pairs of the global batch that this shard owns."""
+  """The distinct (table, id) pairs of the global batch that this shard owns.
+
+  Pairs are laid out [T, N], flattened: each table's N ids sorted ascending. The
+  pair at the first position of a run of equal ids stands for that id; it is
+  ``valid`` where this shard owns the id and a kept example uses it. Sorting keys
+  alone (no payload) takes XLA:CPU's fast path, about 8x a sort that carries the
+  entries' positions; ``searchsorted`` then finds each entry's run.
+  """
 
   def __init__(self, ml: ManagedLayout, ids: jax.Array, keep: jax.Array | None = None):
     """ids: u32[N, T] raw ids of the whole global batch; keep: bool[N], False for padding."""
     n, t = ids.shape
     k = lax.axis_index(MODEL_AXIS)
-    x = ids.reshape(-1)
-    table = jnp.tile(jnp.arange(t, dtype=jnp.int32), n)
-    width = max(len(o) for o in ml.owners)
-    owner_table = np.array([list(o) + [-1] * (width - len(o)) for o in ml.owners], np.int32)
-    num_owners = np.array([len(o) for o in ml.owners], np.uint32)
-    pick = (_hash(x, _OWNER_SALT) % jnp.asarray(num_owners)[table]).astype(jnp.int32)
-    owned = jnp.asarray(owner_table)[table, pick] == k
-    if keep is not None:
-      owned = owned & jnp.repeat(keep, t)
-    size = x.shape[0]
-    # Sorted by (not owned, table, id): owned pairs first, each table's in ascending id order.
-    _, sorted_table, sorted_x, order = lax.sort(
-      ((~owned).astype(jnp.int32), table, x, jnp.arange(size, dtype=jnp.int32)), num_keys=3
-    )
-    sorted_owned = jnp.arange(size) < jnp.sum(owned)
-    same = (sorted_table[1:] == sorted_table[:-1]) & (sorted_x[1:] == sorted_x[:-1])
-    first = sorted_owned & jnp.concatenate([jnp.ones((1,), bool), ~same])
-    group = jnp.cumsum(first) - 1
-    self.count = jnp.sum(first)
-    slot = jnp.where(first, group, size)
-    self.x = jnp.zeros((size,), jnp.uint32).at[slot].set(sorted_x, mode="drop")
-    self.table = jnp.zeros((size,), jnp.int32).at[slot].set(sorted_table, mode="drop")
-    self.valid = jnp.arange(size) < self.count
-    self.uses = jax.ops.segment_sum(sorted_owned.astype(jnp.int32), group, num_segments=size)
-    # inverse[e]: the pair of entry e (meaningful where owned[e]).
-    self.inverse = jnp.zeros((size,), jnp.int32).at[order].set(group)
-    self.owned = owned
+    by_table = ids.T  # [T, N]
+    sorted_x = jnp.sort(by_table, axis=1)
+    run = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left"))(sorted_x, by_table)
+    run = run.astype(jnp.int32)
+    tables = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[:, None], (t, n))
+    kept = jnp.ones((t, n), jnp.int32) if keep is None else jnp.broadcast_to(keep[None, :], (t, n))
+    uses = jnp.zeros((t, n), jnp.int32).at[tables, run].add(kept.astype(jnp.int32))
+    first = jnp.concatenate([jnp.ones((t, 1), bool), sorted_x[:, 1:] != sorted_x[:, :-1]], axis=1)
+    self.x = sorted_x.reshape(-1)
+    self.table = tables.reshape(-1)
+    self.valid = (first & (owner(ml, sorted_x, tables) == k) & (uses > 0)).reshape(-1)
+    self.uses = uses.reshape(-1)
+    # Per entry of the batch [N, T]: its pair, and whether this shard owns it.
+    self.inverse = (tables * n + run).T.reshape(-1)
+    self.owned = (owner(ml, by_table, tables) == k).T.reshape(-1)
     self.shape = (n, t)
 
 
+def owner(ml: ManagedLayout, x: jax.Array, table: jax.Array) -> jax.Array:
+  """The model shard i32 that owns raw ids ``x`` (u32) of ``table`` (any matching shapes)."""
+  width = max(len(o) for o in ml.owners)
+  owner_table = np.array([list(o) + [-1] * (width - len(o)) for o in ml.owners], np.int32)
+  num_owners = np.array([len(o) for o in ml.owners], np.uint32)
+  pick = (_hash(x, _OWNER_SALT) % jnp.asarray(num_owners)[table]).astype(jnp.int32)
+  return jnp.asarray(owner_table)[table, pick]
+
+
 def _probe(ml: ManagedLayout, x: jax.Array, table: jax.Array, j) -> jax.Array:
-  """Map slot (this shard's local index) of the j-th probe of raw ids ``x`` of ``table``."""
-  h = _hash(x, _PROBE_SALT)
-  stride = _hash(x, _STRIDE_SALT) | jnp.uint32(1)  # odd: visits every slot of a power of two
-  mask = jnp.asarray(ml.slots - 1, jnp.uint32)[table]
-  pos = (h + jnp.asarray(j, jnp.uint32) * stride) & mask
-  return jnp.asarray(ml.slot_offset)[table] + pos.astype(jnp.int32)
+  """Map slot (this shard's local index) of the j-th probe of raw ids ``x`` of ``table``.
+
+  Linear probing from a home slot in [0, H_t): the PROBES slots of an id are contiguous (a
+  table's region has PROBES - 1 slots past H_t), so a lookup is one gather of a window.
+  """
+  home = _hash(x, _PROBE_SALT) % jnp.asarray(ml.slots, jnp.uint32)[table]
+  return jnp.asarray(ml.slot_offset)[table] + home.astype(jnp.int32) + jnp.asarray(j, jnp.int32)
 
 
 def _find(ml: ManagedLayout, table_map: jax.Array, x: jax.Array, table: jax.Array) -> jax.Array:
   """Buffer rows i32[n] of raw ids ``x`` of ``table`` in this shard's map, -1 where absent."""
-  pos = _probe(ml, x[:, None], table[:, None], jnp.arange(PROBES, dtype=jnp.uint32)[None, :])
-  entries = table_map[pos]  # [n, PROBES, 2]
+  start = _probe(ml, x, table, 0)
+  entries = jax.vmap(lambda s: lax.dynamic_slice(table_map, (s, 0), (PROBES, 2)))(start)
   hit = (entries[..., 1] >= 0) & (
     entries[..., 0] == lax.bitcast_convert_type(x, jnp.int32)[:, None]
   )
@@ -266,11 +275,13 @@ def lookup_rows(ml: ManagedLayout, state: dict[str, jax.Array], ids: jax.Array) 
   return _to_batch(ml, owned, _table_rows(ml, found, owned.table), ids.shape[0])
 
 
-def _victims(ml: ManagedLayout, state, step: jax.Array, need: jax.Array, k: jax.Array, most: int):
+def _victims(ml: ManagedLayout, state, step, need, k, touched: jax.Array, most: int):
   """Per table the rows to evict, lowest ranked first: (rows i32[T, K], usable bool[T, K]).
 
+  ``touched``: buffer rows used in this step (others: out of range), never evicted.
   ``most``: the most new ids a table can have in one step. Only tables that need
-  rows this step pay for the ranking (a top_k over their rows on this shard).
+  rows this step pay for the ranking (a top_k over their rows on this shard). It
+  reads the state from before this step's writes, so XLA updates it in place.
   """
   width = min(int(ml.chunk.max()), most)
   out_rows, out_ok = [], []
@@ -283,7 +294,7 @@ def _victims(ml: ManagedLayout, state, step: jax.Array, need: jax.Array, k: jax.
       used = state["row_slot"][lo : lo + n] >= 0
       last = state["row_step"][lo : lo + n]
       held = (r >= jnp.asarray(ml.first)[k, t]) & (r < state["next_free"][0, t])
-      blocked = ~held | (last == step)
+      blocked = ~held | jnp.zeros((n,), bool).at[touched - lo].set(True, mode="drop")
       if ml.policy == "lru":
         key = jnp.where(used, last, _I32_MIN)
         score = jnp.where(blocked, _I32_MIN, ~key)  # top_k takes the largest: ~ reverses order
@@ -339,23 +350,18 @@ def update_rows(
   new = valid & ~hit
   uses = owned.uses.astype(jnp.float32)
 
-  # Touch the rows of ids found.
-  touched = jnp.where(hit, found, ml.rows_per_shard)
-  decay = jnp.float32(ml.decay) ** (
-    step - state["row_step"].at[touched].get(mode="fill", fill_value=0)
-  )
-  count = state["row_count"].at[touched].get(mode="fill", fill_value=0.0) * decay + uses
-  row_count = state["row_count"].at[touched].set(count, mode="drop")
-  row_step = state["row_step"].at[touched].set(step, mode="drop")
-  state = {**state, "row_count": row_count, "row_step": row_step}
-
-  # Rank of each new id within its table (pairs are sorted by table, then id).
-  new_per_table = jax.ops.segment_sum(new.astype(jnp.int32), table, num_segments=t_count)
-  before = jnp.cumsum(new_per_table) - new_per_table
-  rank = jnp.cumsum(new) - 1 - before[table]
+  # Rank of each new id within its table (each table's pairs are in ascending id order).
+  n = owned.shape[0]
+  new_by_table = new.reshape(t_count, n).astype(jnp.int32)
+  new_per_table = jnp.sum(new_by_table, axis=1)
+  rank = (jnp.cumsum(new_by_table, axis=1) - 1).reshape(-1)
   next_free = state["next_free"][0]
   free = jnp.asarray(ml.rows)[k] - next_free
-  victims, usable = _victims(ml, state, step, new_per_table > free, k, owned.shape[0])
+  touched = jnp.where(hit, found, ml.rows_per_shard)
+  last = state["row_step"].at[touched].get(mode="fill", fill_value=0)
+  decay = jnp.float32(ml.decay) ** (step - last)
+  count = state["row_count"].at[touched].get(mode="fill", fill_value=0.0) * decay + uses
+  victims, usable = _victims(ml, state, step, new_per_table > free, k, touched, n)
   from_free = new & (rank < free[table])
   v = jnp.clip(rank - free[table], 0, victims.shape[1] - 1)
   from_victim = new & ~from_free & (rank - free[table] < victims.shape[1]) & usable[table, v]
@@ -371,40 +377,54 @@ def update_rows(
     state["map"].at[jnp.where(evicted, old_slot, state["map"].shape[0]), 1].set(-1, mode="drop")
   )
 
-  # Insert: each pending id takes the first free slot of its probes; clashes go to the lowest pair.
+  # Insert: each pending id takes the first free slot of its probes. Ids claiming one slot (or
+  # one bucket of the claim table, which is sized by the batch, not the map) go lowest pair first;
+  # the others try the same probe again, or their next one once it is taken.
   bits = lax.bitcast_convert_type(x, jnp.int32)
   index = jnp.arange(size, dtype=jnp.int32)
+  buckets = 1 << max(1, int(2 * size - 1).bit_length())
+  nowhere = table_map.shape[0]
 
   def insert_round(carry):
-    j, pending, table_map, slot_of = carry
-    pos = _probe(ml, x, table, j)
-    open_ = pending & (table_map[pos, 1] < 0)
-    claim = jnp.full((table_map.shape[0],), size, jnp.int32)
-    claim = claim.at[jnp.where(open_, pos, table_map.shape[0])].min(index, mode="drop")
-    won = open_ & (claim[pos] == index)
-    at = jnp.where(won, pos, table_map.shape[0])
-    table_map = table_map.at[at].set(jnp.stack([bits, row], axis=1), mode="drop")
-    return j + 1, pending & ~won, table_map, jnp.where(won, pos, slot_of)
+    r, probe, pending, table_map, slot_of = carry
+    pos = _probe(ml, x, table, probe)
+    open_ = pending & (table_map.at[pos, 1].get(mode="fill", fill_value=0) < 0)
+    bucket = pos & (buckets - 1)
+    claim = jnp.full((buckets,), size, jnp.int32)
+    claim = claim.at[jnp.where(open_, bucket, buckets)].min(index, mode="drop")
+    won = open_ & (claim[bucket] == index)
+    table_map = table_map.at[jnp.where(won, pos, nowhere)].set(
+      jnp.stack([bits, row], axis=1), mode="drop"
+    )
+    taken_now = table_map.at[pos, 1].get(mode="fill", fill_value=0) >= 0
+    probe = jnp.where(pending & ~won & taken_now, probe + 1, probe)
+    pending = pending & ~won & (probe < PROBES)
+    return r + 1, probe, pending, table_map, jnp.where(won, pos, slot_of)
 
-  _, pending, table_map, slot_of = lax.while_loop(
-    lambda c: (c[0] < PROBES) & jnp.any(c[1]),
+  _, probe, pending, table_map, slot_of = lax.while_loop(
+    lambda c: jnp.any(c[2]),
     insert_round,
-    (jnp.uint32(0), taken, table_map, jnp.full((size,), -1, jnp.int32)),
+    (0, jnp.zeros((size,), jnp.int32), taken, table_map, jnp.full((size,), -1, jnp.int32)),
   )
+  pending = taken & (slot_of < 0)
   placed = taken & ~pending
   at = jnp.where(taken, row, ml.rows_per_shard)
+  # Rows used this step: found ones are touched, new ones start. One write each, after every
+  # read (the ranking reads the rows as they were; XLA then updates them in place).
+  used_row = jnp.where(hit, found, at)
   state = {
     **state,
     "map": table_map,
     "row_slot": state["row_slot"].at[at].set(jnp.where(placed, slot_of, -1), mode="drop"),
     "row_id": state["row_id"].at[at].set(x, mode="drop"),
-    "row_step": state["row_step"].at[at].set(step, mode="drop"),
-    "row_count": state["row_count"].at[at].set(uses, mode="drop"),
+    # max(last, step) is step; writing a value read from row_step orders the read before the
+    # write, so XLA updates row_step in place rather than copying it (135 MB at Kaggle size).
+    "row_step": state["row_step"].at[used_row].set(jnp.maximum(last, step), mode="drop"),
+    "row_count": state["row_count"].at[used_row].set(jnp.where(hit, count, uses), mode="drop"),
     "next_free": (next_free + jnp.minimum(new_per_table, free))[None],
   }
-  per_table = lambda m: jax.ops.segment_sum(m.astype(jnp.int32), table, num_segments=t_count)  # noqa: E731
   for name, mask in (("inserted", placed), ("evicted", evicted), ("unplaced", new & ~placed)):
-    state[name] = state[name] + per_table(mask)[None]
+    state[name] = state[name] + jnp.sum(mask.reshape(t_count, n), axis=1)[None]
 
   # Fresh rows for the new ids (the same values wherever the id lands).
   fresh = jnp.where(placed, row, ml.rows_per_shard)
