@@ -199,14 +199,17 @@ class Maps:
     return int(np.asarray(self.state[name])[:, t].sum())
 
 
+# Ids on the edges of uint32, then ids equal modulo small powers of two: every pool starts
+# with them, and every batch draws one of each.
+SPECIAL = [0, M32, 1, M32 - 1, 1 << 31, (1 << 31) - 1] + [k << 16 for k in range(1, 5)]
+
+
 def id_pool(rng: np.random.Generator, size: int) -> np.ndarray:
-  """u32 ids with the edges (0, 2^32 - 1) and values equal modulo small powers of two."""
-  edges = [0, M32, 1, M32 - 1, 1 << 31, (1 << 31) - 1]
-  clash = [k << 16 for k in range(1, 5)] + [7 + (k << 20) for k in range(4)]
-  ids = set(edges + clash)
+  """u32[size] distinct ids: SPECIAL first, then random ones."""
+  ids = dict.fromkeys(SPECIAL[:size])
   while len(ids) < size:
-    ids.add(int(rng.integers(0, 1 << 32, dtype=np.uint64)))
-  return np.asarray(sorted(ids)[:size], np.uint32)
+    ids[int(rng.integers(0, 1 << 32, dtype=np.uint64))] = None
+  return np.asarray(list(ids), np.uint32)
 
 
 def draw(rng, pools, batch: int) -> np.ndarray:
@@ -214,8 +217,10 @@ def draw(rng, pools, batch: int) -> np.ndarray:
   cols = []
   for pool in pools:
     weights = 1.0 / (1.0 + np.arange(len(pool)))
-    perm = rng.permutation(len(pool))
-    cols.append(pool[perm][rng.choice(len(pool), batch, p=weights / weights.sum())])
+    col = rng.permutation(pool)[rng.choice(len(pool), batch, p=weights / weights.sum())]
+    col[rng.integers(batch)] = pool[rng.integers(6)]  # an edge
+    col[rng.integers(batch)] = pool[rng.integers(6, min(len(pool), len(SPECIAL)))]  # a clash
+    cols.append(col)
   return np.stack(cols, axis=1)
 
 
