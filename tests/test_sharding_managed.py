@@ -12,7 +12,8 @@ import functools
 import jax
 import numpy as np
 import pytest
-from sharding_testlib import batch_around, model
+from managed_testlib import RefTable, fresh_row
+from sharding_testlib import batch_around, model, reference_logits, reference_train
 
 from dlrm_jax.optim.sparse import SparseOptimizer
 from dlrm_jax.sharding import managed
@@ -81,12 +82,15 @@ def run(mesh_shape, optimizer: str) -> dict:
   train = make_train_step(dense, layout, opt, tx, mesh, abstract, managed=ml)
   evaluate = make_eval_step(dense, layout, mesh, abstract, managed=ml)
   put = functools.partial(jax.device_put, device=batch_shardings(mesh))
+  start = {"params": jax.device_get(state.params), "seed": np.asarray(state.managed["seed"])}
   losses = []
   for batch in batches()[:STEPS]:
     state, metrics = train(state, put(batch))
     losses.append(float(metrics["loss"]))
   logits = np.asarray(evaluate(state, put(batches()[-1])))
-  return {"losses": np.asarray(losses), "logits": logits, **by_id(ml, jax.device_get(state))}
+  final = jax.device_get(state)
+  out = {"losses": np.asarray(losses), "logits": logits, "params": final.params}
+  return {**out, **start, **by_id(ml, final)}
 
 
 def by_id(ml: managed.ManagedLayout, state) -> dict:
@@ -128,3 +132,38 @@ def test_managed_mesh_equals_one_device(mesh_shape, optimizer):
   np.testing.assert_allclose(many["unknown"], one["unknown"], rtol=TOL, atol=TOL)
   # Training moved the rows away from their fresh values, and the meshes followed.
   assert len(one["losses"]) == STEPS and np.all(np.isfinite(one["losses"]))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+def test_managed_one_device_equals_plain_tables_on_mapped_ids(optimizer):
+  """Plain whole-table training (sharding_testlib.reference_train) on the ids mapped by
+  RefTable, each row starting from its id's fresh value written in NumPy."""
+  one = run((1, 1), optimizer)
+  refs = [RefTable(c) for c in CAPACITIES]
+  mapped = []
+  for step, batch in enumerate(batches()):
+    raw = batch["sparse"].view(np.uint32)
+    if step < STEPS:
+      for t, ref in enumerate(refs):
+        ref.step(raw[:, t], step)
+    rows = [[ref.row_of.get(int(x), 0) for x in raw[:, t]] for t, ref in enumerate(refs)]
+    mapped.append({**batch, "sparse": np.asarray(rows, np.int32).T})
+  tables = []
+  for t, ref in enumerate(refs):
+    rows = CAPACITIES[t] + 1
+    table = np.zeros((rows, DIM), np.float32)
+    # The unknown row starts as row 0 of a plain table; that hash of row 0 is id 0's too.
+    table[0] = fresh_row(one["seed"], t, 0, rows, DIM)
+    for x, r in ref.row_of.items():
+      table[r] = fresh_row(one["seed"], t, x, rows, DIM)
+    tables.append(table)
+  params, tables, losses = reference_train(
+    model(), one["params"], tables, mapped[:STEPS], optimizer
+  )
+  np.testing.assert_allclose(one["losses"], losses, rtol=TOL, atol=TOL)
+  for t, ref in enumerate(refs):
+    for x, r in ref.row_of.items():
+      np.testing.assert_allclose(one["rows"][(t, x)], tables[t][r], rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(one["unknown"][t], tables[t][0], rtol=TOL, atol=TOL)
+  logits = reference_logits(model(), params, tables, mapped[-1])
+  np.testing.assert_allclose(one["logits"], logits, rtol=TOL, atol=TOL)
