@@ -43,19 +43,29 @@ def fresh_row(seed, table: int, raw_id: int, rows: int, dim: int) -> np.ndarray:
   return np.asarray(out, np.float32) * np.float32(math.sqrt(1.0 / rows))
 
 
+def owner_hash(raw_id: int, salt: int) -> int:
+  """The hash that picks an id's owner among a table's shards: fmix32(id ^ salt)."""
+  return _fmix(raw_id ^ salt)
+
+
 # ---- The reference map of one table, on one device. ----
 
 
 class RefTable:
-  """id -> row of one managed table with ``capacity`` rows for ids (rows 1..capacity)."""
+  """id -> row of one managed table with ``capacity`` rows for ids, rows first, first + 1, ...
 
-  def __init__(self, capacity: int, policy: str = "lru", decay: float = 1.0):
+  One device: first = 1 (row 0 is the unknown row). A model shard's part of a table
+  is one too, over the ids that shard owns, in its local rows.
+  """
+
+  def __init__(self, capacity: int, policy: str = "lru", decay: float = 1.0, first: int = 1):
     self.capacity, self.policy, self.decay = capacity, policy, np.float32(decay)
+    self.first = first
     self.row_of: dict[int, int] = {}
     self.id_of: dict[int, int] = {}
     self.last: dict[int, int] = {}
     self.count: dict[int, np.float32] = {}
-    self.next_free = 1
+    self.next_free = first
     self.inserted = self.evicted = self.unplaced = 0
 
   def _decayed(self, row: int, step: int) -> np.float32:
@@ -80,7 +90,7 @@ class RefTable:
         self.last[r] = step
     fresh = []
     for x in sorted(x for x in uses if x not in self.row_of):
-      if self.next_free <= self.capacity:
+      if self.next_free < self.first + self.capacity:
         r = self.next_free
         self.next_free += 1
       else:

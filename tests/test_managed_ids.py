@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from managed_testlib import M32, RefTable, fresh_row
+from managed_testlib import M32, RefTable, fresh_row, owner_hash
 
 from dlrm_jax.sharding import managed
 from dlrm_jax.sharding import mesh as mesh_lib
@@ -227,6 +227,43 @@ def test_eviction_follows_the_policy(policy):
     check_step(maps, refs, ids, keep, rows, step)
   for ref in refs:
     assert ref.evicted > 10  # the test exercised the policy
+
+
+def test_eviction_per_owner_on_eight_devices():
+  """On 2x4 each shard is a small managed table of the ids it owns (owner: the docstring's
+  owners_t[fmix(id ^ salt) % len(owners_t)]), evicting in its own local rows."""
+  rng = np.random.default_rng(5)
+  capacities = (23, 31)  # 24 and 32 rows: 6 and 8 per shard, less the unknown row on shard 0
+  pools = [id_pool(rng, 3 * c) for c in capacities]
+  maps = Maps(capacities, (2, 4), policy="lfu", decay=0.5)
+  ml = maps.ml
+  refs = [
+    [
+      RefTable(int(ml.rows[k, t] - ml.first[k, t]), "lfu", 0.5, first=int(ml.first[k, t]))
+      for k in range(ml.model_size)
+    ]
+    for t in range(len(capacities))
+  ]
+
+  def owner(t: int, x: int) -> int:
+    return ml.owners[t][owner_hash(x, managed._OWNER_SALT) % len(ml.owners[t])]
+
+  for step in range(12):
+    keep = np.arange(2 * BATCH) < rng.choice([8, 2 * BATCH])
+    ids = draw(rng, pools, 2 * BATCH)
+    for t, shards in enumerate(refs):
+      for k, ref in enumerate(shards):
+        ref.step([x for x in ids[keep, t] if owner(t, int(x)) == k], step)
+    rows = maps.update(ids, step, keep)
+    for t, shards in enumerate(refs):
+      chunk = int(ml.chunk[t])
+      want = {x: k * chunk + r for k, ref in enumerate(shards) for x, r in ref.row_of.items()}
+      assert maps.resident(t) == want, f"step {step} table {t}"
+      got = [want.get(int(x), 0) if k else 0 for x, k in zip(ids[:, t], keep, strict=True)]
+      np.testing.assert_array_equal(rows[:, t], got, err_msg=f"step {step} table {t}")
+      for name in ("inserted", "evicted", "unplaced"):
+        assert maps.counter(name, t) == sum(getattr(ref, name) for ref in shards), name
+  assert all(sum(ref.evicted for ref in shards) > 10 for shards in refs)
 
 
 # ---- Fresh rows and their optimizer slots. ----
