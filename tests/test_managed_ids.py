@@ -97,16 +97,26 @@ class Maps:
     return np.asarray(self._lookup(self.state, ids.view(np.int32)))
 
   def resident(self, t: int) -> dict[int, int]:
-    """Table t's map as the row state tells it: raw id -> table row."""
-    ml, per_shard = self.ml, self.ml.rows_per_shard
+    """Table t's map as the row state tells it: raw id -> table row. Checks that each shard's
+    open-addressing map holds exactly those ids, each in its row's slot."""
+    ml, state = self.ml, self.state
     out = {}
     for k in range(ml.model_size):
-      lo = k * per_shard + int(ml.offset[t])
+      lo = k * ml.rows_per_shard + int(ml.offset[t])
+      slots = state["map"][k * ml.slots_per_shard :][: ml.slots_per_shard]
+      region = slots[int(ml.slot_offset[t]) :][: int(ml.slots[t])]
+      live = 0
       for r in range(int(ml.rows[k, t])):
-        if self.state["row_slot"][lo + r] >= 0:
-          x = int(self.state["row_id"][lo + r])
+        slot = int(state["row_slot"][lo + r])
+        if slot >= 0:
+          x = int(state["row_id"][lo + r])
           assert x not in out, f"table {t}: id {x} holds two rows"
+          # A map entry: (the id's bits as int32, the row in this shard's buffer).
+          entry = [int(np.uint32(x).view(np.int32)), int(ml.offset[t]) + r]
+          assert slots[slot].tolist() == entry, f"table {t} shard {k}: id {x}'s map entry"
           out[x] = k * int(ml.chunk[t]) + r
+          live += 1
+      assert (region[:, 1] >= 0).sum() == live, f"table {t} shard {k}: stale map entries"
     return out
 
   def buffer_row(self, t: int, table_row: int) -> int:
