@@ -2,7 +2,9 @@
 
 Rows differ by mesh (each id's owner hands out its own rows), so tables are
 compared id by id, read from each shard's row state. The capacity is above the
-distinct ids, so nothing is evicted and every mesh trains the same model.
+distinct ids, so nothing is evicted and every mesh trains the same model. One
+device in turn equals plain whole-table training on the ids the reference map
+(managed_testlib.RefTable) gives rows, each starting from its NumPy fresh value.
 """
 
 from __future__ import annotations
