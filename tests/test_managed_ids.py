@@ -104,7 +104,8 @@ class Maps:
     for k in range(ml.model_size):
       lo = k * ml.rows_per_shard + int(ml.offset[t])
       slots = state["map"][k * ml.slots_per_shard :][: ml.slots_per_shard]
-      region = slots[int(ml.slot_offset[t]) :][: int(ml.slots[t])]
+      # A table's region: its H_t home slots and the PROBES - 1 slots a window runs past them.
+      region = slots[int(ml.slot_offset[t]) :][: int(ml.slots[t]) + managed.PROBES - 1]
       live = 0
       for r in range(int(ml.rows[k, t])):
         slot = int(state["row_slot"][lo + r])

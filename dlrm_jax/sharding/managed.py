@@ -205,9 +205,10 @@ class _Owned:
     self.table = tables.reshape(-1)
     self.valid = (first & (owner(ml, sorted_x, tables) == k) & (uses > 0)).reshape(-1)
     self.uses = uses.reshape(-1)
-    # Per entry of the batch [N, T]: its pair, and whether this shard owns it.
+    # Per entry of the batch [N, T]: its pair, and whether this shard answers for it (it owns the
+    # id, and the example is not padding: padding takes row 0).
     self.inverse = (tables * n + run).T.reshape(-1)
-    self.owned = (owner(ml, by_table, tables) == k).T.reshape(-1)
+    self.owned = ((owner(ml, by_table, tables) == k) & (kept > 0)).T.reshape(-1)
     self.shape = (n, t)
 
 
@@ -294,7 +295,9 @@ def _victims(ml: ManagedLayout, state, step, need, k, touched: jax.Array, most: 
       used = state["row_slot"][lo : lo + n] >= 0
       last = state["row_step"][lo : lo + n]
       held = (r >= jnp.asarray(ml.first)[k, t]) & (r < state["next_free"][0, t])
-      blocked = ~held | jnp.zeros((n,), bool).at[touched - lo].set(True, mode="drop")
+      # Other tables' rows fall outside [0, n) (negative indices would wrap: map them past n).
+      mine = jnp.where((touched >= lo) & (touched < lo + n), touched - lo, n)
+      blocked = ~held | jnp.zeros((n,), bool).at[mine].set(True, mode="drop")
       if ml.policy == "lru":
         key = jnp.where(used, last, _I32_MIN)
         score = jnp.where(blocked, _I32_MIN, ~key)  # top_k takes the largest: ~ reverses order
