@@ -175,6 +175,18 @@ def state_specs(state: dict[str, jax.Array]) -> dict[str, jax.sharding.Partition
   return {k: P() if k == "seed" else P(MODEL_AXIS) for k in state}
 
 
+def owner_of(ml: ManagedLayout, x: jax.Array, table: jax.Array) -> jax.Array:
+  """The model shard i32[n] that owns raw ids ``x`` u32[n] of tables ``table`` i32[n].
+
+  The one owner rule: the step and a checkpoint's re-layout onto another mesh both call it.
+  """
+  width = max(len(o) for o in ml.owners)
+  owner_table = np.array([list(o) + [-1] * (width - len(o)) for o in ml.owners], np.int32)
+  num_owners = np.array([len(o) for o in ml.owners], np.uint32)
+  pick = (_hash(x, _OWNER_SALT) % jnp.asarray(num_owners)[table]).astype(jnp.int32)
+  return jnp.asarray(owner_table)[table, pick]
+
+
 class _Owned:
   """The distinct (table, id) pairs of the global batch that this shard owns."""
 
@@ -184,11 +196,7 @@ class _Owned:
     k = lax.axis_index(MODEL_AXIS)
     x = ids.reshape(-1)
     table = jnp.tile(jnp.arange(t, dtype=jnp.int32), n)
-    width = max(len(o) for o in ml.owners)
-    owner_table = np.array([list(o) + [-1] * (width - len(o)) for o in ml.owners], np.int32)
-    num_owners = np.array([len(o) for o in ml.owners], np.uint32)
-    pick = (_hash(x, _OWNER_SALT) % jnp.asarray(num_owners)[table]).astype(jnp.int32)
-    owned = jnp.asarray(owner_table)[table, pick] == k
+    owned = owner_of(ml, x, table) == k
     if keep is not None:
       owned = owned & jnp.repeat(keep, t)
     size = x.shape[0]
@@ -221,9 +229,15 @@ def _probe(ml: ManagedLayout, x: jax.Array, table: jax.Array, j) -> jax.Array:
   return jnp.asarray(ml.slot_offset)[table] + pos.astype(jnp.int32)
 
 
+def probe_slots(ml: ManagedLayout, x: jax.Array, table: jax.Array) -> jax.Array:
+  """Map slots i32[n, PROBES] (a shard's local indices) that raw ids ``x`` of ``table`` may take,
+  in probe order; a checkpoint's re-layout builds maps with it."""
+  return _probe(ml, x[:, None], table[:, None], jnp.arange(PROBES, dtype=jnp.uint32)[None, :])
+
+
 def _find(ml: ManagedLayout, table_map: jax.Array, x: jax.Array, table: jax.Array) -> jax.Array:
   """Buffer rows i32[n] of raw ids ``x`` of ``table`` in this shard's map, -1 where absent."""
-  pos = _probe(ml, x[:, None], table[:, None], jnp.arange(PROBES, dtype=jnp.uint32)[None, :])
+  pos = probe_slots(ml, x, table)
   entries = table_map[pos]  # [n, PROBES, 2]
   hit = (entries[..., 1] >= 0) & (
     entries[..., 0] == lax.bitcast_convert_type(x, jnp.int32)[:, None]
