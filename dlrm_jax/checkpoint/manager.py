@@ -50,6 +50,7 @@ MODEL_FIELDS = (
   "table_names",
   "table_sizes",
   "id_mapping",
+  "managed_capacity",
   "multi_hot_sizes",
   "pooling",
 )
@@ -76,9 +77,13 @@ TRAINING_FIELDS = (
   "shuffle",
   "shuffle_block_rows",
   "shuffle_buffer_blocks",
+  "eviction",
+  "lfu_decay",
 )
 # Fields that have no effect unless --dataset=synthetic: never a reason to refuse another dataset.
 SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed")
+# Fields that have no effect unless --id_mapping=managed (lfu_decay: unless --eviction=lfu).
+EVICTION_FIELDS = ("eviction", "lfu_decay")
 
 # Not a flag: the Adagrad formula. Checkpoints from before the reference's
 # convention lack the field and were trained with eps inside the root.
@@ -105,6 +110,10 @@ ADDED_FIELDS = {
   "dcn_low_rank_dim": 512,
   "embedding_mlp": [],
   "embedding_mlp_shared": True,
+  # Checkpoints from before --id_mapping=managed hold no maps.
+  "managed_capacity": [],
+  "eviction": "lru",
+  "lfu_decay": 0.99,
 }
 
 
@@ -150,6 +159,10 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
     fields = tuple(f for f in fields if f not in ADAGRAD_FIELDS)  # SGD never reads them
   if ident.get("dataset") != "synthetic":
     fields = tuple(f for f in fields if f not in SYNTHETIC_FIELDS)
+  if ident.get("id_mapping") != "managed":
+    fields = tuple(f for f in fields if f not in EVICTION_FIELDS)
+  elif ident.get("eviction") != "lfu" and saved.get("eviction", ADDED_FIELDS["eviction"]) != "lfu":
+    fields = tuple(f for f in fields if f != "lfu_decay")  # LRU never reads it
   diff = [
     f"{f}: checkpoint {saved.get(f, ADDED_FIELDS.get(f))!r}, now {ident.get(f)!r}"
     for f in fields
