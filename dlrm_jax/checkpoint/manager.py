@@ -25,6 +25,7 @@ from dlrm_jax.checkpoint.tree import layout_meta as layout_meta
 from dlrm_jax.checkpoint.tree import make_snapshot as make_snapshot
 from dlrm_jax.config import Config
 from dlrm_jax.faults import CheckpointError, CheckpointMismatch
+from dlrm_jax.sharding.managed import ManagedLayout
 from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.train.state import TrainState
 
@@ -183,6 +184,17 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
     )
 
 
+def _check_managed(meta: dict, abstract_state: TrainState, path: str) -> None:
+  """Raises CheckpointMismatch unless the checkpoint holds maps exactly when the state does."""
+  saved = (meta.get("layout") or {}).get("managed", [])
+  if saved != sorted(abstract_state.managed):
+    has = lambda keys: "managed tables (--id_mapping=managed)" if keys else "no managed tables"  # noqa: E731
+    raise CheckpointMismatch(
+      f"refusing to load {path}: it holds {has(saved)}, this run has "
+      f"{has(abstract_state.managed)}. Use the flags it was saved with, or a new --workdir."
+    )
+
+
 class _DropReadOnlyNotice(logging_lib.Filter):
   """Drops Orbax's "Given directory is read only" warning; eval, predict and export ask for it."""
 
@@ -328,15 +340,18 @@ class CheckpointStore:
     ident: dict | None,
     *,
     resume: bool,
+    managed: ManagedLayout | None = None,
   ) -> Restored:
     """Restores ``step`` onto ``mesh`` and ``layout``; raises on damage or mismatch.
 
     ``ident`` None (a library user's state, no Config): the layout's shapes are the only check.
+    ``managed``: the run's ManagedLayout under --id_mapping=managed (``tree.to_state``).
     """
     path = self.step_path(step)
     meta = self.read_meta(step)
     if ident is not None:
       check_compatible(meta, ident, path, resume=resume)
+    _check_managed(meta, abstract_state, path)
     if not meta.get("finite", False):
       raise CheckpointError(f"{path}: marked as holding non-finite values")
     target, saved = checkpoint_tree.restore_target(meta, layout, abstract_state, mesh)
@@ -348,7 +363,7 @@ class CheckpointStore:
     floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     if not all(bool(jnp.all(jnp.isfinite(x))) for x in floats):
       raise CheckpointError(f"{path}: restored values are not finite (damaged)")
-    state = checkpoint_tree.to_state(tree, saved, layout, abstract_state, mesh)
+    state = checkpoint_tree.to_state(tree, saved, layout, abstract_state, mesh, managed)
     return Restored(step, state, meta, path)
 
   def _set_aside(self, step: int, error: Exception) -> None:
@@ -374,6 +389,7 @@ class CheckpointStore:
     ident: dict,
     *,
     resume: bool = True,
+    managed: ManagedLayout | None = None,
   ) -> Restored | None:
     """The newest checkpoint that restores; damaged ones are reported and moved aside.
 
@@ -384,7 +400,9 @@ class CheckpointStore:
     damaged = []
     for step in sorted(self.steps(), reverse=True):
       try:
-        restored = self.restore_step(step, layout, abstract_state, mesh, ident, resume=resume)
+        restored = self.restore_step(
+          step, layout, abstract_state, mesh, ident, resume=resume, managed=managed
+        )
       except CheckpointMismatch:
         raise
       except Exception as e:  # any read or decode failure means damage
@@ -437,6 +455,7 @@ def load_for_inference(
   abstract_state: TrainState,
   mesh: Mesh,
   ident: dict,
+  managed: ManagedLayout | None = None,
 ) -> Restored:
   """The state of --checkpoint (latest / best / path), for eval, predict and export."""
   root, which = resolve_checkpoint(spec, workdir)
@@ -454,7 +473,9 @@ def load_for_inference(
         raise CheckpointError(f"no checkpoints under {store.directory}")
     else:
       step = int(which)
-    return store.restore_step(step, layout, abstract_state, mesh, ident, resume=False)
+    return store.restore_step(
+      step, layout, abstract_state, mesh, ident, resume=False, managed=managed
+    )
   except (CheckpointError, FileNotFoundError):
     raise
   except Exception as e:
