@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dlrm_jax import restore_checkpoint, save_checkpoint
+from dlrm_jax.checkpoint import managed_io
 from dlrm_jax.faults import CheckpointMismatch
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.optim.sparse import SparseOptimizer
@@ -247,3 +248,70 @@ def test_managed_checkpoint_refuses_a_state_without_maps(saved):
   abstract = jax.eval_shape(lambda k: run.create(k, managed=False), jax.random.key(0))
   with pytest.raises(CheckpointMismatch, match="holds managed tables"):
     restore_checkpoint(str(path), run.layout, abstract, run.mesh)
+
+
+def test_lfu_keeps_the_highest_decayed_counts_on_a_smaller_shard():
+  """Host re-layout alone, on made-up full maps: 4 model shards -> 2 under --eviction=lfu."""
+  specs = table_specs(list(NAMES), [c + 1 for c in CAPACITY], DIM)
+  saved = managed_lib.managed_layout(plan_layout(specs, 4, default="row"), "lfu", 0.9)
+  ml = managed_lib.managed_layout(plan_layout(specs, 2, default="row"), "lfu", 0.9)
+  rng = np.random.default_rng(7)
+  rows = 4 * saved.rows_per_shard
+  state = {
+    "row_id": np.zeros(rows, np.uint32),
+    "row_slot": np.full(rows, -1, np.int32),
+    "row_step": np.full(rows, -1, np.int32),
+    "row_count": np.zeros(rows, np.float32),
+    "seed": np.array([3, 4], np.uint32),
+    **{k: rng.integers(0, 50, (4, len(NAMES))).astype(np.int32) for k in managed_lib.COUNTERS},
+  }
+  step, want = 10, []
+  for t in range(len(NAMES)):
+    ids = rng.choice(2**32, CAPACITY[t], replace=False).astype(np.uint32)
+    held = np.concatenate(
+      [
+        k * saved.rows_per_shard + saved.offset[t] + np.arange(saved.first[k, t], saved.rows[k, t])
+        for k in range(4)
+      ]
+    )
+    state["row_id"][held] = ids
+    state["row_slot"][held] = 0
+    state["row_step"][held] = rng.integers(0, step, len(held))
+    state["row_count"][held] = rng.uniform(0, 20, len(held))
+    decayed = state["row_count"][held] * 0.9 ** (step - state["row_step"][held].astype(np.float64))
+    owners = np.array(ml.owners[t])[fmix32(ids ^ np.uint32(0x3C6EF372)) % len(ml.owners[t])]
+    kept = set()
+    for k in range(2):
+      mine = np.nonzero(owners == k)[0]
+      room = int(ml.rows[k, t] - ml.first[k, t])
+      kept |= set(ids[mine[np.argsort(decayed[mine])][max(0, len(mine) - room) :]].tolist())
+    want.append(kept)
+  buffer = rng.normal(size=(rows, DIM)).astype(np.float32)
+  acc = rng.uniform(size=rows).astype(np.float32)
+  out, new_buffer, new_slots, dropped = managed_io.relayout_host(
+    saved, ml, step, state, buffer, {"accumulator": acc}, list(NAMES)
+  )
+  assert dropped == [CAPACITY[t] - len(want[t]) for t in range(len(NAMES))] and any(dropped)
+  old_row = {int(x): b for b, x in enumerate(state["row_id"]) if state["row_slot"][b] >= 0}
+  for t in range(len(NAMES)):
+    got = {}
+    for k in range(2):
+      lo = k * ml.rows_per_shard + ml.offset[t]
+      for b in range(lo + ml.first[k, t], lo + ml.rows[k, t]):
+        if out["row_slot"][b] >= 0:
+          got[int(out["row_id"][b])] = b
+      assert out["next_free"][k, t] == ml.first[k, t] + sum(
+        out["row_slot"][lo : lo + ml.rows[k, t]] >= 0
+      )
+    assert set(got) == want[t], NAMES[t]
+    for x, b in got.items():
+      a = old_row[x]
+      assert new_buffer[b].tobytes() == buffer[a].tobytes()
+      assert new_slots["accumulator"][b] == acc[a]
+      assert (out["row_step"][b], out["row_count"][b]) == (
+        state["row_step"][a],
+        state["row_count"][a],
+      )
+  np.testing.assert_array_equal(out["inserted"][0], state["inserted"].sum(axis=0))
+  np.testing.assert_array_equal(out["evicted"][0], state["evicted"].sum(axis=0) + dropped)
+  assert not out["inserted"][1:].any() and out["seed"].tolist() == [3, 4]
