@@ -63,3 +63,31 @@ def test_checkpoints_from_before_the_block_shuffle_read_rows():
   ident = checkpointing.identity(Config(), NAMES, SIZES, order="blocks")
   with pytest.raises(CheckpointMismatch, match="shuffle: checkpoint 'rows'"):
     checkpointing.check_compatible(_older(ident), ident, "ckpt", resume=True)
+
+
+def test_managed_fields_eviction_on_resume_only_capacity_always():
+  managed = dict(id_mapping="managed", managed_capacity=(("", 100),))
+  saved = {"identity": _ident(**managed)}
+  with pytest.raises(CheckpointMismatch, match="eviction: checkpoint 'lru', now 'lfu'"):
+    checkpointing.check_compatible(saved, _ident(**managed, eviction="lfu"), "ckpt", resume=True)
+  checkpointing.check_compatible(saved, _ident(**managed, eviction="lfu"), "ckpt", resume=False)
+  # The capacity defines the tables: refused for eval too (table_sizes aside).
+  other = _ident(id_mapping="managed", managed_capacity=(("", 100), ("C2", 7)))
+  with pytest.raises(CheckpointMismatch, match="managed_capacity: checkpoint"):
+    checkpointing.check_compatible(saved, other, "ckpt", resume=False)
+  # --lfu_decay counts only under lfu, --eviction only under managed.
+  checkpointing.check_compatible(saved, _ident(**managed, lfu_decay=0.5), "ckpt", resume=True)
+  lfu = {"identity": _ident(**managed, eviction="lfu")}
+  with pytest.raises(CheckpointMismatch, match="lfu_decay: checkpoint 0.99, now 0.5"):
+    checkpointing.check_compatible(
+      lfu, _ident(**managed, eviction="lfu", lfu_decay=0.5), "ckpt", resume=True
+    )
+  hashed = {"identity": _ident(id_mapping="hash")}
+  other = _ident(id_mapping="hash", eviction="lfu")
+  checkpointing.check_compatible(hashed, other, "ckpt", resume=True)
+
+
+def test_checkpoints_from_before_managed_tables_still_resume():
+  ident = _ident(optimizer="sgd", id_mapping="hash")
+  saved = {k: v for k, v in ident.items() if k not in ("managed_capacity", "eviction", "lfu_decay")}
+  checkpointing.check_compatible({"identity": saved}, ident, "ckpt", resume=True)

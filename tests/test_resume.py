@@ -216,3 +216,32 @@ def test_steps_per_call_runs_and_resumes_equal_one_step_per_call(tmp_path, data,
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resuming from" in proc.stdout + proc.stderr
   assert_bitwise_equal(read_state(resumed / "checkpoints" / "40"), expected)
+
+
+# --id_mapping=managed with 300 ids per table: the larger tables evict from the first steps on.
+MANAGED = ("--id_mapping=managed", "--managed_capacity=300", "--max_steps=60")
+
+
+def test_managed_sigkill_then_resume_equals_uninterrupted(tmp_path, data):
+  reference = tmp_path / "reference"
+  proc = run(reference, data, *MANAGED)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  final = read_state(reference / "checkpoints" / "60")
+  evicted = final["['managed']['evicted']"].sum(axis=0)
+  inserted = final["['managed']['inserted']"].sum(axis=0)
+  assert np.sum(evicted > 0) >= 10 and np.all(inserted > evicted), (inserted, evicted)
+  work = tmp_path / "work"
+  proc = start(work, data, *MANAGED)
+  wait_for(work / "checkpoints" / "10", proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (work / "checkpoints" / "60").exists(), "killed too late to test anything"
+  resumed = run(work, data, *MANAGED)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from" in resumed.stderr + resumed.stdout
+  # Every array, the maps, rows' last uses and counts and the counters included.
+  assert_bitwise_equal(read_state(work / "checkpoints" / "60"), final)
+  wall = ("samples_per_sec", "timings")
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in wall} for r in rs]
+  assert strip(metrics(work)) == strip(metrics(reference))

@@ -25,6 +25,7 @@ from dlrm_jax.checkpoint.tree import layout_meta as layout_meta
 from dlrm_jax.checkpoint.tree import make_snapshot as make_snapshot
 from dlrm_jax.config import Config
 from dlrm_jax.faults import CheckpointError, CheckpointMismatch
+from dlrm_jax.sharding.managed import ManagedLayout
 from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.train.state import TrainState
 
@@ -50,6 +51,7 @@ MODEL_FIELDS = (
   "table_names",
   "table_sizes",
   "id_mapping",
+  "managed_capacity",
   "multi_hot_sizes",
   "pooling",
 )
@@ -76,9 +78,13 @@ TRAINING_FIELDS = (
   "shuffle",
   "shuffle_block_rows",
   "shuffle_buffer_blocks",
+  "eviction",
+  "lfu_decay",
 )
 # Fields that have no effect unless --dataset=synthetic: never a reason to refuse another dataset.
 SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed")
+# Fields that have no effect unless --id_mapping=managed (lfu_decay: unless --eviction=lfu).
+EVICTION_FIELDS = ("eviction", "lfu_decay")
 
 # Not a flag: the Adagrad formula. Checkpoints from before the reference's
 # convention lack the field and were trained with eps inside the root.
@@ -105,6 +111,10 @@ ADDED_FIELDS = {
   "dcn_low_rank_dim": 512,
   "embedding_mlp": [],
   "embedding_mlp_shared": True,
+  # Checkpoints from before --id_mapping=managed hold no maps.
+  "managed_capacity": [],
+  "eviction": "lru",
+  "lfu_decay": 0.99,
 }
 
 
@@ -150,6 +160,10 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
     fields = tuple(f for f in fields if f not in ADAGRAD_FIELDS)  # SGD never reads them
   if ident.get("dataset") != "synthetic":
     fields = tuple(f for f in fields if f not in SYNTHETIC_FIELDS)
+  if ident.get("id_mapping") != "managed":
+    fields = tuple(f for f in fields if f not in EVICTION_FIELDS)
+  elif ident.get("eviction") != "lfu" and saved.get("eviction", ADDED_FIELDS["eviction"]) != "lfu":
+    fields = tuple(f for f in fields if f != "lfu_decay")  # LRU never reads it
   diff = [
     f"{f}: checkpoint {saved.get(f, ADDED_FIELDS.get(f))!r}, now {ident.get(f)!r}"
     for f in fields
@@ -167,6 +181,17 @@ def check_compatible(meta: dict, ident: dict, path: str, *, resume: bool) -> Non
       f"refusing to {what} {path}: it was saved with a different configuration.\n  "
       + "\n  ".join(diff)
       + "\nUse the flags it was saved with, or a new --workdir."
+    )
+
+
+def _check_managed(meta: dict, abstract_state: TrainState, path: str) -> None:
+  """Raises CheckpointMismatch unless the checkpoint holds maps exactly when the state does."""
+  saved = (meta.get("layout") or {}).get("managed", [])
+  if saved != sorted(abstract_state.managed):
+    has = lambda keys: "managed tables (--id_mapping=managed)" if keys else "no managed tables"  # noqa: E731
+    raise CheckpointMismatch(
+      f"refusing to load {path}: it holds {has(saved)}, this run has "
+      f"{has(abstract_state.managed)}. Use the flags it was saved with, or a new --workdir."
     )
 
 
@@ -315,15 +340,18 @@ class CheckpointStore:
     ident: dict | None,
     *,
     resume: bool,
+    managed: ManagedLayout | None = None,
   ) -> Restored:
     """Restores ``step`` onto ``mesh`` and ``layout``; raises on damage or mismatch.
 
     ``ident`` None (a library user's state, no Config): the layout's shapes are the only check.
+    ``managed``: the run's ManagedLayout under --id_mapping=managed (``tree.to_state``).
     """
     path = self.step_path(step)
     meta = self.read_meta(step)
     if ident is not None:
       check_compatible(meta, ident, path, resume=resume)
+    _check_managed(meta, abstract_state, path)
     if not meta.get("finite", False):
       raise CheckpointError(f"{path}: marked as holding non-finite values")
     target, saved = checkpoint_tree.restore_target(meta, layout, abstract_state, mesh)
@@ -335,7 +363,7 @@ class CheckpointStore:
     floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     if not all(bool(jnp.all(jnp.isfinite(x))) for x in floats):
       raise CheckpointError(f"{path}: restored values are not finite (damaged)")
-    state = checkpoint_tree.to_state(tree, saved, layout, abstract_state, mesh)
+    state = checkpoint_tree.to_state(tree, saved, layout, abstract_state, mesh, managed)
     return Restored(step, state, meta, path)
 
   def _set_aside(self, step: int, error: Exception) -> None:
@@ -361,6 +389,7 @@ class CheckpointStore:
     ident: dict,
     *,
     resume: bool = True,
+    managed: ManagedLayout | None = None,
   ) -> Restored | None:
     """The newest checkpoint that restores; damaged ones are reported and moved aside.
 
@@ -371,7 +400,9 @@ class CheckpointStore:
     damaged = []
     for step in sorted(self.steps(), reverse=True):
       try:
-        restored = self.restore_step(step, layout, abstract_state, mesh, ident, resume=resume)
+        restored = self.restore_step(
+          step, layout, abstract_state, mesh, ident, resume=resume, managed=managed
+        )
       except CheckpointMismatch:
         raise
       except Exception as e:  # any read or decode failure means damage
@@ -424,6 +455,7 @@ def load_for_inference(
   abstract_state: TrainState,
   mesh: Mesh,
   ident: dict,
+  managed: ManagedLayout | None = None,
 ) -> Restored:
   """The state of --checkpoint (latest / best / path), for eval, predict and export."""
   root, which = resolve_checkpoint(spec, workdir)
@@ -441,7 +473,9 @@ def load_for_inference(
         raise CheckpointError(f"no checkpoints under {store.directory}")
     else:
       step = int(which)
-    return store.restore_step(step, layout, abstract_state, mesh, ident, resume=False)
+    return store.restore_step(
+      step, layout, abstract_state, mesh, ident, resume=False, managed=managed
+    )
   except (CheckpointError, FileNotFoundError):
     raise
   except Exception as e:

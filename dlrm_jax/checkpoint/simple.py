@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 from dlrm_jax.checkpoint.manager import FORMAT, CheckpointStore
 from dlrm_jax.checkpoint.tree import layout_meta, make_snapshot
 from dlrm_jax.faults import CheckpointError
+from dlrm_jax.sharding.managed import ManagedLayout
 from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.train.state import TrainState
 
@@ -47,11 +48,14 @@ def restore_checkpoint(
   abstract_state: TrainState,
   mesh: Mesh,
   step: int | None = None,
+  managed: ManagedLayout | None = None,
 ) -> TrainState:
   """The state saved under ``directory`` (the latest step unless given), onto ``mesh``/``layout``.
 
   ``abstract_state``: ``jax.eval_shape`` of a state built for this mesh and layout
-  (``create_train_state``); the saved tables are re-cut when the layout differs.
+  (``create_train_state``); the saved tables are re-cut when the layout differs. A state with
+  managed tables (``create_train_state(..., managed=)``) takes their ``managed`` layout, whose
+  eviction policy decides which ids a smaller shard keeps (default: least recently used).
   """
   store = CheckpointStore(directory, read_only=True)
   try:
@@ -59,6 +63,8 @@ def restore_checkpoint(
       step = store.latest_step()
       if step is None:
         raise CheckpointError(f"no checkpoints under {store.directory}")
-    return store.restore_step(step, layout, abstract_state, mesh, None, resume=False).state
+    return store.restore_step(
+      step, layout, abstract_state, mesh, None, resume=False, managed=managed
+    ).state
   finally:
     store.close()

@@ -2,7 +2,9 @@
 
 The fused embedding buffers are saved as training shards them; the layout
 (``table_io.layout_to_json``) says where each table's rows lie, so that a
-restore onto another mesh or plan can cut every table out of them.
+restore onto another mesh or plan can cut every table out of them. Managed
+tables (--id_mapping=managed) add their maps (``managed``), saved as sharded
+too; onto another model-axis size they are re-laid out id by id (``managed_io``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dlrm_jax.checkpoint import table_io
+from dlrm_jax.checkpoint import managed_io, table_io
+from dlrm_jax.sharding import managed as managed_lib
+from dlrm_jax.sharding.mesh import MODEL_AXIS
 from dlrm_jax.sharding.planner import EmbeddingLayout
 from dlrm_jax.train.state import TrainState, state_shardings
 
@@ -28,11 +32,14 @@ def layout_meta(layout: EmbeddingLayout, abstract_state: TrainState) -> dict[str
   """What a restore needs to read the saved buffers: the layout, dtype and slot shapes."""
   slots = next((s for s in abstract_state.slots.values() if s), {})
   buf = next(iter(abstract_state.tables.values()))
-  return {
+  meta = {
     "layout": table_io.layout_to_json(layout),
     "dtype": str(buf.dtype),
     "slots": {k: [list(v.shape[1:]), str(v.dtype)] for k, v in slots.items()},
   }
+  if abstract_state.managed:
+    meta["managed"] = sorted(abstract_state.managed)  # the maps' arrays (none: not managed)
+  return meta
 
 
 def _dense_abstract(abstract_state: TrainState, mesh: Mesh) -> dict:
@@ -80,6 +87,8 @@ def make_snapshot(layout: EmbeddingLayout, abstract_state: TrainState, mesh: Mes
       "buffers": dict(state.tables),
       "slots": _nonempty(state.slots),
     }
+    if state.managed:
+      tree["managed"] = dict(state.managed)
     return tree, finite
 
   snapshot.device_program = check  # what runs on the devices: --dry_run compiles it
@@ -111,12 +120,26 @@ def restore_target(
       "buffers": jax.tree.map(_sds, abstract_state.tables, shardings.tables),
       "slots": _nonempty(jax.tree.map(_sds, abstract_state.slots, shardings.slots)),
     }
+    if abstract_state.managed:
+      buffers["managed"] = jax.tree.map(_sds, abstract_state.managed, shardings.managed)
     saved = None
   else:
     tails = {k: (tuple(t), jnp.dtype(d)) for k, (t, d) in meta["layout"]["slots"].items()}
     buffers = table_io.buffers_abstract(saved, tails, jnp.dtype(meta["layout"]["dtype"]), mesh)
     buffers["slots"] = _nonempty(buffers["slots"])
+    if abstract_state.managed:
+      buffers["managed"] = _saved_managed_abstract(saved, mesh)
   return {**_dense_abstract(abstract_state, mesh), **buffers}, saved
+
+
+def _saved_managed_abstract(saved: EmbeddingLayout, mesh: Mesh) -> dict:
+  """The maps of a managed checkpoint laid out by ``saved``, spread over ``mesh`` to be read."""
+  m = dict(mesh.shape).get(MODEL_AXIS, 1)
+  ml = managed_lib.managed_layout(saved)
+  shapes = jax.eval_shape(lambda: managed_lib.init_state(ml, jnp.zeros((2,), jnp.uint32)))
+  return {
+    k: _sds(v, NamedSharding(mesh, table_io.logical_spec(v.shape, m))) for k, v in shapes.items()
+  }
 
 
 def to_state(
@@ -125,10 +148,19 @@ def to_state(
   layout: EmbeddingLayout,
   abstract_state: TrainState,
   mesh: Mesh,
+  managed: managed_lib.ManagedLayout | None = None,
 ) -> TrainState:
-  """The TrainState of a restored tree (``saved`` as ``restore_target`` returned it)."""
+  """The TrainState of a restored tree (``saved`` as ``restore_target`` returned it).
+
+  ``managed``: the maps' layout on ``layout`` (its policy ranks the ids kept where a new
+  shard has fewer rows than ids); None: ``managed_layout(layout)``, least recently used.
+  """
   opt_state = flax.serialization.from_state_dict(abstract_state.opt_state, tree["opt_state"])
-  if saved == LOGICAL:
+  maps = tree.get("managed", {})
+  if abstract_state.managed and saved is not None:
+    ml = managed or managed_lib.managed_layout(layout)
+    tables, slots, maps = managed_io.rebuild(saved, tree, layout, ml, abstract_state, mesh)
+  elif saved == LOGICAL:
     tables, slots = table_io.fill_buffers(
       layout,
       lambda name, slot: tree["tables"][name] if slot is None else tree["slots"][name][slot],
@@ -143,5 +175,10 @@ def to_state(
       saved, {"buffers": tree["buffers"], "slots": tree["slots"]}, layout, abstract_state, mesh
     )
   return TrainState(
-    step=tree["step"], params=tree["params"], opt_state=opt_state, tables=tables, slots=slots
+    step=tree["step"],
+    params=tree["params"],
+    opt_state=opt_state,
+    tables=tables,
+    slots=slots,
+    managed=maps,
   )

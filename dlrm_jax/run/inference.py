@@ -45,6 +45,7 @@ def load(config: Config) -> Loaded:
     abstract,
     c.mesh,
     checkpointing.identity(config, meta["sparse_names"], c.table_sizes),
+    c.managed,
   )
   logging.info("loaded %s (step %d)", restored.path, restored.step)
   return Loaded(

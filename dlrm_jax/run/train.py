@@ -127,7 +127,9 @@ def _train(
   reached_before = False
   # Load or initialise, never both.
   with timings.phase("table_initialisation"):
-    restored = store.restore_latest_good(c.layout, abstract, mesh, ident, resume=True)
+    restored = store.restore_latest_good(
+      c.layout, abstract, mesh, ident, resume=True, managed=c.managed
+    )
     if restored is None:
       key = jax.random.key(config.seed)
       state = jax.block_until_ready(init(key) if init else initial_state(c))

@@ -179,6 +179,18 @@ def state_specs(state: dict[str, jax.Array]) -> dict[str, jax.sharding.Partition
   return {k: P() if k == "seed" else P(MODEL_AXIS) for k in state}
 
 
+def owner_of(ml: ManagedLayout, x: jax.Array, table: jax.Array) -> jax.Array:
+  """The model shard i32 that owns raw ids ``x`` (u32) of tables ``table`` (matching shapes).
+
+  The one owner rule: the step and a checkpoint's re-layout onto another mesh both call it.
+  """
+  width = max(len(o) for o in ml.owners)
+  owner_table = np.array([list(o) + [-1] * (width - len(o)) for o in ml.owners], np.int32)
+  num_owners = np.array([len(o) for o in ml.owners], np.uint32)
+  pick = (_hash(x, _OWNER_SALT) % jnp.asarray(num_owners)[table]).astype(jnp.int32)
+  return jnp.asarray(owner_table)[table, pick]
+
+
 class _Owned:
   """The distinct (table, id) pairs of the global batch that this shard owns.
 
@@ -203,22 +215,13 @@ class _Owned:
     first = jnp.concatenate([jnp.ones((t, 1), bool), sorted_x[:, 1:] != sorted_x[:, :-1]], axis=1)
     self.x = sorted_x.reshape(-1)
     self.table = tables.reshape(-1)
-    self.valid = (first & (owner(ml, sorted_x, tables) == k) & (uses > 0)).reshape(-1)
+    self.valid = (first & (owner_of(ml, sorted_x, tables) == k) & (uses > 0)).reshape(-1)
     self.uses = uses.reshape(-1)
     # Per entry of the batch [N, T]: its pair, and whether this shard answers for it (it owns the
     # id, and the example is not padding: padding takes row 0).
     self.inverse = (tables * n + run).T.reshape(-1)
-    self.owned = ((owner(ml, by_table, tables) == k) & (kept > 0)).T.reshape(-1)
+    self.owned = ((owner_of(ml, by_table, tables) == k) & (kept > 0)).T.reshape(-1)
     self.shape = (n, t)
-
-
-def owner(ml: ManagedLayout, x: jax.Array, table: jax.Array) -> jax.Array:
-  """The model shard i32 that owns raw ids ``x`` (u32) of ``table`` (any matching shapes)."""
-  width = max(len(o) for o in ml.owners)
-  owner_table = np.array([list(o) + [-1] * (width - len(o)) for o in ml.owners], np.int32)
-  num_owners = np.array([len(o) for o in ml.owners], np.uint32)
-  pick = (_hash(x, _OWNER_SALT) % jnp.asarray(num_owners)[table]).astype(jnp.int32)
-  return jnp.asarray(owner_table)[table, pick]
 
 
 def _probe(ml: ManagedLayout, x: jax.Array, table: jax.Array, j) -> jax.Array:
@@ -229,6 +232,12 @@ def _probe(ml: ManagedLayout, x: jax.Array, table: jax.Array, j) -> jax.Array:
   """
   home = _hash(x, _PROBE_SALT) % jnp.asarray(ml.slots, jnp.uint32)[table]
   return jnp.asarray(ml.slot_offset)[table] + home.astype(jnp.int32) + jnp.asarray(j, jnp.int32)
+
+
+def probe_slots(ml: ManagedLayout, x: jax.Array, table: jax.Array) -> jax.Array:
+  """Map slots i32[n, PROBES] (a shard's local indices) that raw ids ``x`` of ``table`` may take,
+  in probe order; a checkpoint's re-layout builds maps with it."""
+  return _probe(ml, x[:, None], table[:, None], jnp.arange(PROBES, dtype=jnp.int32)[None, :])
 
 
 def _find(ml: ManagedLayout, table_map: jax.Array, x: jax.Array, table: jax.Array) -> jax.Array:
