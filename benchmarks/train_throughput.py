@@ -2,7 +2,7 @@
 
 python benchmarks/train_throughput.py [--batch_sizes=128,2048] [--steps=30]
     [--steps_per_call=1] [--compute_dtype=float32|bfloat16|both] [--model=kaggle|mlperf]
-    [--max_table_rows=0]
+    [--max_table_rows=0] [--id_mapping=vocabulary|hash|managed[,...]]
 
 Prints, per batch size and compute dtype: samples/s (median over timed windows),
 the model's GFLOP/s against the fastest of three same-process 2048x512x512 XLA
@@ -13,7 +13,9 @@ bf16 and f32 steps in alternating windows of one process, on one shared state,
 and prints bf16's speed-up over f32. With
 --multi_hot_sizes, then the same model with bags of those sizes (sum pooling,
 one step per call): samples/s and ids/s against the one-hot figure, each also
-normalised by the matmul timed in its own windows.
+normalised by the matmul timed in its own windows. With several --id_mapping values
+(vocabulary,managed, say), each is timed in alternating windows of one process on the
+same random ids, and each one's samples/s ratio to vocabulary is printed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, NUM_DENSE, SPARSE_NA
 from dlrm_jax.model.dlrm import DenseModel
 from dlrm_jax.model.interaction import interaction_width
 from dlrm_jax.optim.sparse import SparseOptimizer
+from dlrm_jax.sharding.managed import MANAGED_FLOATS_PER_ROW, managed_layout
 from dlrm_jax.sharding.mesh import make_mesh, model_size
 from dlrm_jax.sharding.planner import plan_layout
 from dlrm_jax.sharding.specs import table_specs
@@ -76,7 +79,16 @@ flags.DEFINE_list(
 flags.DEFINE_integer(
   "max_table_rows", 0, "Cap every table at this many rows (to fit a device or a test); 0 = none."
 )
+flags.DEFINE_list(
+  "id_mapping",
+  ["vocabulary"],
+  "How ids reach the tables, one or several (timed in alternating windows of one process): "
+  "vocabulary (ids in [0, rows)); hash (raw uint32 ids, a bijection of those ids, taken "
+  "% rows on the host as --id_mapping=hash does); managed (the same raw ids mapped to rows "
+  "on the devices, capacity = the table sizes so nothing is evicted). Default vocabulary.",
+)
 FLAGS = flags.FLAGS
+MAPPINGS = ("vocabulary", "hash", "managed")
 
 BOTTOM, TOP = (512, 256, 64, 16), (512, 256, 1)
 # MLPerf DLRM v1/v2 on Criteo 1TB: ids modulo 40M, so the big tables have 40M rows.
@@ -144,16 +156,38 @@ def peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def random_batch(rng: np.random.Generator, specs, batch_size: int, mesh) -> dict[str, jax.Array]:
+def host_batch(rng: np.random.Generator, specs, batch_size: int) -> dict[str, np.ndarray]:
   """Uniformly random ids over every table: the worst case for the row cache."""
   sparse = np.stack([rng.integers(0, s.rows, batch_size) for s in specs], 1).astype(np.int32)
-  batch = {
+  return {
     "dense": rng.random((batch_size, NUM_DENSE), np.float32),
     "sparse": sparse,
     "label": rng.integers(0, 2, batch_size).astype(np.float32),
     "mask": np.ones(batch_size, np.float32),
   }
-  return jax.device_put(batch, batch_shardings(mesh))
+
+
+def random_batch(rng: np.random.Generator, specs, batch_size: int, mesh) -> dict[str, jax.Array]:
+  return jax.device_put(host_batch(rng, specs, batch_size), batch_shardings(mesh))
+
+
+def raw_ids(ids: np.ndarray) -> np.ndarray:
+  """u32[B, T]: a bijection of [0, 2^32) per table (odd multiplier, per-table offset), so the
+  raw ids have the same frequencies and distinct count as ``ids`` but look like hashes."""
+  offset = np.arange(1, ids.shape[1] + 1, dtype=np.uint64) * np.uint64(0x6A09E667)
+  return ((ids.astype(np.uint64) * np.uint64(0x9E3779B1) + offset) % (1 << 32)).astype(np.uint32)
+
+
+def mapped_batch(batch: dict[str, np.ndarray], specs, mapping: str, mesh) -> dict[str, jax.Array]:
+  """``host_batch``'s batch as ``mapping`` feeds it to the step (see --id_mapping)."""
+  sparse = batch["sparse"]
+  if mapping != "vocabulary":
+    raw = raw_ids(sparse)
+    if mapping == "hash":  # components.check_ids: raw % rows on the host
+      sparse = (raw % np.array([s.rows for s in specs], np.uint32)).astype(np.int32)
+    else:  # managed: the raw values' bits; the step maps them
+      sparse = raw.view(np.int32)
+  return jax.device_put({**batch, "sparse": sparse}, batch_shardings(mesh))
 
 
 def random_bag_batch(rng: np.random.Generator, specs, batch_size: int, mesh):
@@ -196,25 +230,36 @@ def multi_hot_report(specs, bottom, top, one_hot: dict[int, tuple[float, float]]
     )
 
 
-def reference_models(specs, mesh, optimizer: str = "sgd", *, bottom, top, compute_dtypes):
+def reference_models(
+  specs, mesh, optimizer: str = "sgd", *, bottom, top, compute_dtypes, managed: bool = False
+):
   """The reference architecture over ``specs`` in each dtype: ({dtype: step_for}, state).
 
   ``step_for(K)`` is the jitted train step taking K stacked batches per call
   (``stack_batches``; one plain batch for K = 1). Parameters are f32 in every
-  dtype, so all the steps take (and donate) the one state.
+  dtype, so all the steps take (and donate) the one state. ``managed``: as
+  --id_mapping=managed, every table row-wise with its map, capacity = the rows of
+  ``specs`` (each table one row more: the unknown row), the step maps raw ids.
   """
   dim = specs[0].dim
   sparse_opt = SparseOptimizer(optimizer, 0.1)
   slot_floats = sparse_opt.slot_floats_per_row(dim)
-  layout = plan_layout(specs, model_size(mesh), slot_floats_per_row=slot_floats)
+  ml = None
+  if managed:
+    specs = [dataclasses.replace(s, rows=s.rows + 1) for s in specs]
+    slot_floats += MANAGED_FLOATS_PER_ROW  # the planner charges the maps too
+    layout = plan_layout(specs, model_size(mesh), default="row", slot_floats_per_row=slot_floats)
+    ml = managed_layout(layout)
+  else:
+    layout = plan_layout(specs, model_size(mesh), slot_floats_per_row=slot_floats)
   models = {d: DenseModel(bottom, top, "dot", dtype=jnp.dtype(d)) for d in compute_dtypes}
   tx = dense_optimizer(optimizer, 0.1)
   first = models[compute_dtypes[0]]
-  state = create_train_state(first, layout, sparse_opt, tx, mesh, jax.random.key(0))
+  state = create_train_state(first, layout, sparse_opt, tx, mesh, jax.random.key(0), managed=ml)
   jax.block_until_ready(state)
   abstract = jax.eval_shape(lambda s: s, state)
   steps = {
-    d: functools.partial(make_train_step, m, layout, sparse_opt, tx, mesh, abstract)
+    d: functools.partial(make_train_step, m, layout, sparse_opt, tx, mesh, abstract, managed=ml)
     for d, m in models.items()
   }
   return steps, state
@@ -255,6 +300,18 @@ def timed_window(step, state, batches, steps: int):
   return time.perf_counter() - t, state
 
 
+def _mappings() -> list[str]:
+  mappings = list(dict.fromkeys(FLAGS.id_mapping))  # in order, once each
+  bad = [m for m in mappings if m not in MAPPINGS]
+  if bad or not mappings:
+    raise app.UsageError(
+      f"--id_mapping={','.join(FLAGS.id_mapping)}: each must be one of {', '.join(MAPPINGS)}"
+    )
+  if FLAGS.multi_hot_sizes and mappings != ["vocabulary"]:
+    raise app.UsageError("--multi_hot_sizes: bags are vocabulary ids; use --id_mapping=vocabulary")
+  return mappings
+
+
 def main(argv):
   del argv
   sizes, dim, bottom, top = MODELS[FLAGS.model]
@@ -263,56 +320,81 @@ def main(argv):
     sizes = [min(s, FLAGS.max_table_rows) for s in sizes]
   if FLAGS.steps_per_call < 0:
     raise app.UsageError(f"--steps_per_call={FLAGS.steps_per_call}: must be >= 1, or 0 for auto")
+  mappings = _mappings()
   both = FLAGS.compute_dtype == "both"
   dtypes = ("bfloat16", "float32") if both else (FLAGS.compute_dtype,)
   mesh = make_mesh()
   specs = table_specs(list(SPARSE_NAMES), list(sizes), dim)
   t0 = time.perf_counter()
-  step_fors, state = reference_models(
-    specs, mesh, FLAGS.optimizer, bottom=bottom, top=top, compute_dtypes=dtypes
-  )
+  # vocabulary and hash run the same step on ids in [0, rows) (hash's are taken % rows on the
+  # host), so they share one model; managed has its own (its maps, row-wise tables).
+  groups = {m: "managed" if m == "managed" else "plain" for m in mappings}
+  models = {
+    g: reference_models(
+      specs,
+      mesh,
+      FLAGS.optimizer,
+      bottom=bottom,
+      top=top,
+      compute_dtypes=dtypes,
+      managed=g == "managed",
+    )
+    for g in dict.fromkeys(groups.values())
+  }
+  states = {g: state for g, (_, state) in models.items()}
   init_s = time.perf_counter() - t0
-  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(states))
   flops = model_flops_per_sample(dim, len(specs), bottom, top)
   print(
     f"devices: {jax.device_count()} x {jax.devices()[0].platform}; tables: {len(specs)} "
     f"{FLAGS.model} sizes, {sum(s.rows for s in specs):,} rows, dim {dim}; bottom "
     f"{'-'.join(map(str, bottom))}, top {'-'.join(map(str, top))}; optimizer "
-    f"{FLAGS.optimizer}; {' and '.join(dtypes)} dots"
+    f"{FLAGS.optimizer}; {' and '.join(dtypes)} dots; ids: {', '.join(mappings)}"
   )
   print(
-    f"state: {state_bytes / 2**30:.2f} GiB (tables + optimizer state + dense params); "
-    f"initialised in {init_s:.1f} s; model {flops / 1e6:.2f} MFLOP/sample (fwd+bwd)"
+    f"state: {state_bytes / 2**30:.2f} GiB (tables + optimizer state + dense params"
+    f"{' + maps' if 'managed' in states else ''}, every model); initialised in {init_s:.1f} s; "
+    f"model {flops / 1e6:.2f} MFLOP/sample (fwd+bwd)"
   )
+  if "managed" in states:
+    print(
+      "managed: the ids of the 8 cycled batches are inserted in the first calls (the compile "
+      "call and the first window); later calls find them all (nothing is evicted)"
+    )
   rng = np.random.default_rng(0)
-  rows, speedups = [], {}
+  variants = [(m, d) for m in mappings for d in dtypes]
+  rows, speedups, versus = [], {}, {}
   for batch_size in map(int, FLAGS.batch_sizes):
     k = FLAGS.steps_per_call or auto_steps_per_call(batch_size)
     steps = -(-FLAGS.steps // k) * k  # whole calls
-    step = {d: step_fors[d](k) for d in dtypes}
-    batches = [random_batch(rng, specs, batch_size, mesh) for _ in range(8)]
-    if k > 1:
-      batches = stack_batches(batches, k, mesh)
-    for d in dtypes:
-      _, state = timed_window(step[d], state, batches, 1)  # compile
-    # Step windows (of each dtype) alternate with matmul windows so all see
+    step = {(m, d): models[groups[m]][0][d](k) for m, d in variants}
+    host = [host_batch(rng, specs, batch_size) for _ in range(8)]
+    batches = {}
+    for m in mappings:
+      batches[m] = [mapped_batch(b, specs, m, mesh) for b in host]
+      if k > 1:
+        batches[m] = stack_batches(batches[m], k, mesh)
+    for m, d in variants:
+      _, states[groups[m]] = timed_window(step[m, d], states[groups[m]], batches[m], 1)  # compile
+    # Step windows (of each variant) alternate with matmul windows so all see
     # the same machine load; ratios are medians of per-window ratios.
-    rates = {d: [] for d in dtypes}
+    rates = {v: [] for v in variants}
     matmuls = {form: [] for form in MATMULS}
     for _ in range(FLAGS.windows):
-      for d in dtypes:
-        seconds, state = timed_window(step[d], state, batches, steps // k)
-        rates[d].append(steps * batch_size / seconds)
+      for m, d in variants:
+        g = groups[m]
+        seconds, states[g] = timed_window(step[m, d], states[g], batches[m], steps // k)
+        rates[m, d].append(steps * batch_size / seconds)
       for form in MATMULS:
         matmuls[form].append(matmul_gflops(reps=10, form=form))
     fastest = [max(w) for w in zip(*matmuls.values(), strict=True)]
-    for d in dtypes:
-      gflops = [r * flops / 1e9 for r in rates[d]]
+    for m, d in variants:
+      gflops = [r * flops / 1e9 for r in rates[m, d]]
       own = matmuls[OWN_MATMUL[d]]
       rows.append(
         (
           batch_size,
-          statistics.median(rates[d]),
+          statistics.median(rates[m, d]),
           statistics.median(gflops),
           statistics.median(fastest),
           statistics.median([g / mm for g, mm in zip(gflops, fastest, strict=True)]),
@@ -320,11 +402,18 @@ def main(argv):
           d,
           statistics.median([g / mm for g, mm in zip(gflops, own, strict=True)]),
           *(statistics.median(matmuls[form]) for form in MATMULS),
+          m,
         )
       )
     if both:
-      ratios = [b / f for b, f in zip(rates["bfloat16"], rates["float32"], strict=True)]
-      speedups[batch_size] = statistics.median(ratios)
+      for m in mappings:
+        ratios = [b / f for b, f in zip(rates[m, "bfloat16"], rates[m, "float32"], strict=True)]
+        speedups[batch_size, m] = statistics.median(ratios)
+    if "vocabulary" in mappings:
+      for m, d in variants:
+        if m != "vocabulary":
+          ratios = [a / b for a, b in zip(rates[m, d], rates["vocabulary", d], strict=True)]
+          versus[batch_size, m, d] = statistics.median(ratios)
   rss = peak_rss_bytes()
   # Columns 1-5 keep their places: ../shared/peers/peer_throughput.sh reads them.
   # ratio: to the fastest matmul; own: to the matmul of the step's own dtype.
@@ -332,20 +421,29 @@ def main(argv):
     f"{'batch':>6} {'samples/s':>10} {'model GFLOP/s':>14} {'matmul GFLOP/s':>15} {'ratio':>6} "
     f"{'steps/call':>10} {'dtype':>9} {'own':>5} "
     + " ".join(f"{form + ' GFLOP/s':>18}" for form in MATMULS)
+    + f" {'ids':>10}"
   )
-  for batch_size, rate, model_gflops, mm, ratio, k, d, own, *forms in rows:
+  for batch_size, rate, model_gflops, mm, ratio, k, d, own, *forms, m in rows:
     print(
       f"{batch_size:>6} {rate:>10,.0f} {model_gflops:>14.1f} {mm:>15.1f} {ratio:>6.2f} {k:>10} "
-      f"{d:>9} {own:>5.2f} " + " ".join(f"{g:>18.1f}" for g in forms)
+      f"{d:>9} {own:>5.2f} " + " ".join(f"{g:>18.1f}" for g in forms) + f" {m:>10}"
     )
-  for batch_size, speedup in speedups.items():
-    print(f"bfloat16 / float32 samples/s at batch {batch_size}: {speedup:.2f} (median of windows)")
+  for (batch_size, m), speedup in speedups.items():
+    print(
+      f"bfloat16 / float32 samples/s at batch {batch_size}"
+      f"{f' ({m} ids)' if len(mappings) > 1 else ''}: {speedup:.2f} (median of windows)"
+    )
+  for (batch_size, m, d), ratio in versus.items():
+    print(
+      f"{m} / vocabulary samples/s at batch {batch_size} ({d}): {ratio:.2f} "
+      f"(median of per-window ratios)"
+    )
   print(
     f"peak RSS {rss / 2**30:.2f} GiB = {rss / state_bytes:.2f} x state "
     f"({state_bytes / 2**30:.2f} GiB)"
   )
   if FLAGS.multi_hot_sizes:
-    del step, state  # one model's tables in memory at a time
+    del step, states  # one model's tables in memory at a time
     multi_hot_report(specs, bottom, top, {r[0]: (r[1], r[8]) for r in rows if r[6] == dtypes[0]})
 
 

@@ -355,6 +355,15 @@ class Config:
       f"--eviction={self.eviction!r}: must be one of {', '.join(EVICTION_POLICIES)}",
     )
     _check(0.0 < self.lfu_decay <= 1.0, f"--lfu_decay={self.lfu_decay}: must be in (0, 1]")
+    # Policy flags that would change nothing are refused, not ignored.
+    _check(
+      managed or self.eviction == Config.eviction,
+      f"--eviction={self.eviction}: used only with --id_mapping=managed (not {self.id_mapping})",
+    )
+    _check(
+      self.eviction == "lfu" or self.lfu_decay == Config.lfu_decay,
+      f"--lfu_decay={self.lfu_decay}: used only with --eviction=lfu (not {self.eviction})",
+    )
     if self.id_mapping == "vocabulary":
       return
     # Raw values: nothing is counted, so no option of the counting pass applies.
@@ -389,15 +398,18 @@ class Config:
         f"[1, 2^31 - 1)",
       )
     if managed:
-      plans = {plan for _, plan in self.table_sharding} | (
-        set() if self.sharding == "auto" else {self.sharding}
-      )
+      # Only row-wise tables keep a map beside their rows (sharding/managed.py).
       _check(
-        plans <= {"row"},
-        f"--id_mapping=managed: managed tables are row-wise; --sharding={self.sharding} "
-        f"--table_sharding={','.join(f'{n}:{p}' for n, p in self.table_sharding)} asks for "
-        f"{', '.join(sorted(plans - {'row'}))}",
+        self.sharding in ("auto", "row"),
+        f"--sharding={self.sharding}: --id_mapping=managed tables are row-wise; use "
+        f"--sharding=row (or auto, which makes every managed table row-wise)",
       )
+      for name, plan in self.table_sharding:
+        _check(
+          plan == "row",
+          f"--table_sharding={name}:{plan}: --id_mapping=managed tables are row-wise; use "
+          f"{name}:row or leave {name} out",
+        )
 
   @property
   def raw_ids(self) -> bool:

@@ -17,7 +17,12 @@ from dlrm_jax.data.datasets import model_table_sizes, processed_dir
 from dlrm_jax.run import memory_plan
 from dlrm_jax.sharding import mesh as mesh_lib
 from dlrm_jax.sharding.planner import format_bytes, plan_table
-from dlrm_jax.train.components import Components, abstract_train_state, build_components
+from dlrm_jax.train.components import (
+  Components,
+  abstract_train_state,
+  build_components,
+  row_floats,
+)
 
 # XLA:CPU devices are threads of one process; beyond this many, start-up and the
 # SPMD partitioner's per-device bookkeeping take longer than a dry run should.
@@ -63,8 +68,8 @@ def simulated_devices(config: Config) -> tuple[list[jax.Device], str]:
 def table_sizes(config: Config) -> tuple[list[int], list[str], str]:
   """(rows per table, names, where they come from): the data's, else the published sizes."""
   names = list(cf.SPARSE_NAMES)
-  if config.id_mapping == "hash":
-    return _hash_table_sizes(config, names)
+  if config.raw_ids:
+    return _raw_table_sizes(config, names)
   if config.dataset != "synthetic":
     path = processed_dir(config)
     if os.path.exists(os.path.join(path, store.METADATA_FILE)):
@@ -103,20 +108,28 @@ def table_sizes(config: Config) -> tuple[list[int], list[str], str]:
   )
 
 
-def _hash_table_sizes(config: Config, names: list[str]) -> tuple[list[int], list[str], str]:
-  """--id_mapping=hash: the rows --hash_rows / --max_ind_range give, or the data's defaults."""
+def _raw_table_sizes(config: Config, names: list[str]) -> tuple[list[int], list[str], str]:
+  """--id_mapping=hash or managed: the rows --hash_rows / --managed_capacity (+ the unknown row)
+  / --max_ind_range give, or the data's defaults."""
+  hashed = config.id_mapping == "hash"
+  flag, overrides = (
+    ("--hash_rows", config.hash_rows) if hashed else ("--managed_capacity", config.managed_capacity)
+  )
   path = processed_dir(config)
   if config.dataset != "synthetic" and os.path.exists(os.path.join(path, store.METADATA_FILE)):
-    return model_table_sizes(config, store.read_metadata(path)), names, f"--hash_rows ({path})"
-  if config.max_ind_range or any(not name for name, _ in config.hash_rows):
+    return model_table_sizes(config, store.read_metadata(path)), names, f"{flag} ({path})"
+  if config.max_ind_range or any(not name for name, _ in overrides):
     try:
-      sizes = raw_ids.table_rows(config.hash_rows, config.max_ind_range, names)
+      sizes = raw_ids.table_rows(overrides, config.max_ind_range, names, flag)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-    return sizes, names, "--hash_rows / --max_ind_range; no data read"
+    if not hashed:
+      sizes = [n + 1 for n in sizes]  # row 0, the unknown row
+    return sizes, names, f"{flag} / --max_ind_range; no data read"
   raise ConfigError(
-    "--id_mapping=hash: the default rows depend on the data's training rows; give --hash_rows "
-    "(or --max_ind_range) to dry-run without the preprocessed data"
+    f"--id_mapping={config.id_mapping}: the default {'rows' if hashed else 'capacity'} depend"
+    f"{'' if hashed else 's'} on the data's training rows; give {flag} (or --max_ind_range) to "
+    f"dry-run without the preprocessed data"
   )
 
 
@@ -178,7 +191,7 @@ def dry_run(config: Config) -> int:
   config.validate(len(devices))
   _, _, source = table_sizes(config)
   c, refused = build(config, devices)
-  slot_floats = c.sparse_opt.slot_floats_per_row(config.embedding_dim)
+  slot_floats = row_floats(config, c.sparse_opt)
   print(f"dry run: mesh {dict(c.mesh.shape)} on {where}")
   print(f"tables: {source}")
   print(plan_table(c.layout, slot_floats))

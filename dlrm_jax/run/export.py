@@ -17,19 +17,24 @@ from dlrm_jax.checkpoint import manager as checkpointing
 from dlrm_jax.checkpoint import table_io
 from dlrm_jax.config import Config
 from dlrm_jax.model.dlrm import DenseModel
-from dlrm_jax.run import export_loader
+from dlrm_jax.run import export_loader, managed_serving
 from dlrm_jax.run.inference import load
 
 PLATFORMS = ("cpu", "cuda")
 
 
-def serving_function(model: DenseModel, params_treedef, num_params: int, hash_rows=None):
+def serving_function(
+  model: DenseModel, params_treedef, num_params: int, hash_rows=None, managed: bool = False
+):
   """``f(weights, dense f32[b, 13], sparse i32[b, T]) -> probabilities f32[b]``.
 
   ``weights`` is the flat list: the dense parameters, then one f32[rows, dim]
   table per feature. A plain single-device lookup: serving needs no mesh.
   ``hash_rows`` (--id_mapping=hash): sparse is u32[b, T] raw values, row = value % rows[t],
-  as training computed it on the host.
+  as training computed it on the host. ``managed`` (--id_mapping=managed): sparse is u32[b, T]
+  raw values, and ``weights`` go on with each table's ids u32[n_t] held (ascending), then
+  their rows i32[n_t] (``managed_serving.resident_ids``): an id not held takes row 0, the
+  unknown row, as evaluation and --mode=predict do.
   """
 
   def f(weights, dense, sparse):
@@ -37,6 +42,12 @@ def serving_function(model: DenseModel, params_treedef, num_params: int, hash_ro
     tables = weights[num_params:]
     if hash_rows is not None:
       sparse = (sparse % jnp.asarray(hash_rows, jnp.uint32)[None, :]).astype(jnp.int32)
+    if managed:
+      t = sparse.shape[1]
+      tables, ids, rows = tables[:t], tables[t : 2 * t], tables[2 * t :]
+      sparse = jnp.stack(
+        [managed_serving.find_rows(ids[i], rows[i], sparse[:, i]) for i in range(t)], axis=1
+      )
     emb = jnp.stack([jnp.take(t, sparse[:, i], axis=0) for i, t in enumerate(tables)], axis=1)
     return jax.nn.sigmoid(model.apply({"params": params}, dense, emb))
 
@@ -78,15 +89,21 @@ def run_export(config: Config) -> dict[str, Any]:
   names = [p.spec.name for p in c.layout.placements]
   tables = table_io.logical_tables(c.layout, m.state.tables, c.mesh)
   weights = params_leaves + tables
+  managed = c.managed is not None
+  if managed:
+    held = managed_serving.resident_ids(c.managed, m.state.managed)
+    weights += [ids for ids, _ in held] + [rows for _, rows in held]
   b = jax.export.symbolic_shape("b")
-  hashed = config.id_mapping == "hash"
+  raw = config.raw_ids
   args = (
     [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
     jax.ShapeDtypeStruct((b[0], 13), jnp.float32),
-    jax.ShapeDtypeStruct((b[0], len(names)), jnp.uint32 if hashed else jnp.int32),
+    jax.ShapeDtypeStruct((b[0], len(names)), jnp.uint32 if raw else jnp.int32),
   )
-  hash_rows = list(c.table_sizes) if hashed else None
-  exported = _export(serving_function(c.model, treedef, len(params_leaves), hash_rows), args)
+  hash_rows = list(c.table_sizes) if config.id_mapping == "hash" else None
+  exported = _export(
+    serving_function(c.model, treedef, len(params_leaves), hash_rows, managed), args
+  )
   if jax.process_index() != 0:
     return {"export_dir": out}
   with open(os.path.join(out, export_loader.FUNCTION), "wb") as f:
@@ -104,7 +121,10 @@ def run_export(config: Config) -> dict[str, Any]:
     "platforms": list(exported.platforms),
     "inputs": (
       f"dense f32[N, 13], sparse u32[N, {len(names)}] raw values (row = value % table size)"
-      if hashed
+      if hash_rows
+      else f"dense f32[N, 13], sparse u32[N, {len(names)}] raw values (row: the trained map's; "
+      f"row 0 for a value it does not hold)"
+      if managed
       else f"dense f32[N, 13], sparse i32[N, {len(names)}] (preprocessed ids)"
     ),
     "output": "click probability f32[N]",

@@ -31,7 +31,7 @@ class Scorer:
 
   def __call__(self, dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
     dense = np.asarray(dense, np.float32)
-    if self.signature.get("id_mapping") == "hash":
+    if self.signature.get("id_mapping") in ("hash", "managed"):
       return self._call_raw(dense, np.asarray(sparse))
     sparse = np.asarray(sparse, np.int32)
     n, t = len(dense), len(self.table_sizes)
@@ -50,7 +50,8 @@ class Scorer:
     return np.asarray(self.exported.call(self.weights, dense, sparse))
 
   def _call_raw(self, dense: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """--id_mapping=hash: raw 32-bit values (missing = 0); the model takes value % rows."""
+    """--id_mapping=hash or managed: raw 32-bit values (missing = 0); the model maps them
+    (hash: value % rows; managed: the trained map, row 0 for a value it does not hold)."""
     if raw.shape != (len(dense), len(self.table_sizes)) or raw.dtype.kind not in "iu":
       t = len(self.table_sizes)
       raise ValueError(f"expected sparse raw values u32[N, {t}], got {raw.shape}")

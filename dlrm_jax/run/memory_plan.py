@@ -43,6 +43,10 @@ class ProgramMemory:
     return self.arguments + self.outputs - self.aliased + self.temporaries + self.resident
 
 
+# --id_mapping=managed: the maps and row state beside the tables (the planner charges them too).
+MAPS = "managed id maps"
+
+
 def _sds(x, sharding) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
@@ -82,13 +86,16 @@ def abstract_batch(c: Components, batch_size: int, steps: int = 1) -> dict[str, 
 
 def state_breakdown(state: TrainState) -> dict[str, int]:
   """Bytes per device of each part of the (abstract, sharded) state."""
-  return {
+  parts = {
     "embedding tables": _bytes(state.tables),
     "their optimizer slots": _bytes(state.slots),
     "dense parameters": _bytes(state.params),
     "dense optimizer state": _bytes(state.opt_state),
     "step counter": _bytes(state.step),
   }
+  if state.managed:
+    parts[MAPS] = _bytes(state.managed)
+  return parts
 
 
 def _figures(name: str, compiled, held: int = 0) -> ProgramMemory:
@@ -143,7 +150,9 @@ def compile_programs(
   key = jax.eval_shape(lambda: jax.random.key(config.seed))
   init = (
     jax.jit(
-      lambda k: create_train_state(c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, k),
+      lambda k: create_train_state(
+        c.model, c.layout, c.sparse_opt, c.dense_tx, mesh, k, managed=c.managed
+      ),
       out_shardings=state_shardings(mesh, abstract),
     )
     .lower(_sds(key, rep))
@@ -182,10 +191,11 @@ def table_text(
     f"memory per device ({which}: one SPMD program, the same figures on every device)",
     f"  {'state':<30} {'compiler':>12} {'planner':>12}",
   ]
-  tables = state["embedding tables"] + state["their optimizer slots"]
+  tables = state["embedding tables"] + state["their optimizer slots"] + state.get(MAPS, 0)
   for name, b in state.items():
     lines.append(f"  {name:<30} {g(b):>12}")
-  lines.append(f"  {'tables + slots':<30} {g(tables):>12} {g(planner):>12}")
+  what = "tables + slots + maps" if MAPS in state else "tables + slots"
+  lines.append(f"  {what:<30} {g(tables):>12} {g(planner):>12}")
   lines.append(
     f"  {'program':<18} {'arguments':>11} {'outputs':>11} {'aliased':>11} "
     f"{'temporaries':>12} {'resident':>11} {'peak':>11}"

@@ -16,6 +16,7 @@ from dlrm_jax.data import checksums, prefetch
 from dlrm_jax.data.loader import BatchLoader, resolve_shuffle
 from dlrm_jax.data.store import open_split
 from dlrm_jax.faults import Preempted, TrainingDiverged
+from dlrm_jax.reporting import managed_ids
 from dlrm_jax.reporting import metrics_log as reporting
 from dlrm_jax.reporting.timings import Timings
 from dlrm_jax.run.dry_run import check_before_allocating
@@ -29,6 +30,7 @@ from dlrm_jax.train.components import (
   initial_state,
   load_components,
   parameter_counts,
+  row_floats,
 )
 from dlrm_jax.train.evaluation import evaluate
 
@@ -49,7 +51,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
     reporting.write_config(config.workdir, config)
     reporting.announce(
       f"mesh {dict(mesh.shape)}; embedding plan:\n"
-      + plan_table(c.layout, c.sparse_opt.slot_floats_per_row(config.embedding_dim))
+      + plan_table(c.layout, row_floats(config, c.sparse_opt))
     )
   best = meta.get("best_possible_auc")
   train_loader = _train_loader(config, processed)
@@ -166,6 +168,7 @@ def _train(
   train_step = compiled_on_first_call(programs["train 1 step"], timings) if k > 1 else multi_step
   eval_step = compiled_on_first_call(programs["eval"], timings)
   snapshot = programs["checkpoint"]
+  managed_fields = _managed_fields(c)
   layout_meta = checkpointing.layout_meta(c.layout, abstract)
 
   def last_good_text() -> str:
@@ -275,6 +278,7 @@ def _train(
             "accuracy": float(correct / count) if count else None,
             "lr": float(np.ravel(step_metrics["lr"])[-1]),
             "samples_per_sec": throughput.mark(),
+            **managed_fields(done, state),
           }
         )
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -332,6 +336,23 @@ def _train(
     results["best_possible_auc"] = best
   log.close()  # flushed after every record, so a run that raises loses no event either
   return results
+
+
+def _managed_fields(c: Components):
+  """``fields(step, state)``: the training line's managed counters (announced too); {} unless
+  --id_mapping=managed."""
+  if c.managed is None:
+    return lambda step, state: {}
+  fetch = managed_ids.counter_fetcher(c.mesh)
+  names = [p.spec.name for p in c.layout.placements]
+  capacity = dict(zip(names, c.managed.capacity(), strict=True))
+
+  def fields(step: int, state) -> dict:
+    record = managed_ids.counter_record(fetch(state.managed), names)
+    reporting.announce(managed_ids.summary(step, record, capacity))
+    return record
+
+  return fields
 
 
 def _target_reached_before(meta: dict[str, Any], target_auc: float) -> bool:

@@ -80,16 +80,27 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
   model_shards = mesh_lib.model_size(mesh)
   memory = int(config.device_memory_gb * 2**30) if config.device_memory_gb else None
   managed = config.id_mapping == "managed"
-  slot_floats = sparse_opt.slot_floats_per_row(config.embedding_dim)
-  layout = plan_layout(
-    specs,
-    model_shards,
-    default="row" if managed else config.sharding,
-    overrides=dict(config.table_sharding),
-    device_memory_bytes=memory,
-    # The maps' state counts against the memory each row needs.
-    slot_floats_per_row=slot_floats + (MANAGED_FLOATS_PER_ROW if managed else 0),
-  )
+  try:
+    layout = plan_layout(
+      specs,
+      model_shards,
+      default="row" if managed else config.sharding,
+      overrides=dict(config.table_sharding),
+      device_memory_bytes=memory,
+      slot_floats_per_row=row_floats(config, sparse_opt),
+    )
+  except ConfigError:
+    raise
+  except ValueError as e:
+    if not (managed and memory):
+      raise
+    # The capacity sets the managed tables' rows: name the flag that makes them fit. A
+    # ValueError still, as the planner's own: --dry_run then compiles without the limit.
+    raise ValueError(
+      f"--managed_capacity={_capacity_text(config)}: the managed tables (capacity + 1 rows "
+      f"each, with their maps; the largest {max(table_sizes):,} rows) do not fit: {e}; or lower "
+      f"--managed_capacity"
+    ) from None
   managed_tables = None
   if managed:
     try:
@@ -106,6 +117,18 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
   return Components(
     config, mesh, layout, model, sparse_opt, dense_tx, tuple(table_sizes), managed_tables
   )
+
+
+def row_floats(config: Config, sparse_opt: SparseOptimizer) -> int:
+  """Floats the planner charges each row beside its embedding: optimizer slots, and under
+  --id_mapping=managed the maps' state (sharding/managed.py)."""
+  slots = sparse_opt.slot_floats_per_row(config.embedding_dim)
+  return slots + (MANAGED_FLOATS_PER_ROW if config.id_mapping == "managed" else 0)
+
+
+def _capacity_text(config: Config) -> str:
+  pairs = [f"{name}:{n}" if name else str(n) for name, n in config.managed_capacity]
+  return ",".join(pairs) or "(default)"
 
 
 def dense_model(config: Config) -> DenseModel:
@@ -164,7 +187,10 @@ def load_components(config: Config, *, progress: bool) -> tuple[Components, str,
     multihost_utils.sync_global_devices("dataset prepared")
   if jax.process_index() != 0:
     processed, meta = resolve_dataset(config, progress=False)
-  c = build_components(config, mesh, model_table_sizes(config, meta), meta["sparse_names"])
+  try:
+    c = build_components(config, mesh, model_table_sizes(config, meta), meta["sparse_names"])
+  except ValueError as e:  # the planner's refusal of --device_memory_gb: a message, no traceback
+    raise ConfigError(str(e)) from None
   check_data_matches_model(config, processed, meta)  # before any id reaches a table
   return c, processed, meta
 
