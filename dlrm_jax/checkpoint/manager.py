@@ -69,6 +69,7 @@ TRAINING_FIELDS = (
   "dataset",
   "synthetic_rows",
   "synthetic_seed",
+  "synthetic_tail",
   "max_ind_range",
   "min_frequency",
   "data_sub_sample_rate",
@@ -78,7 +79,7 @@ TRAINING_FIELDS = (
   "shuffle_buffer_blocks",
 )
 # Fields that have no effect unless --dataset=synthetic: never a reason to refuse another dataset.
-SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed")
+SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed", "synthetic_tail")
 
 # Not a flag: the Adagrad formula. Checkpoints from before the reference's
 # convention lack the field and were trained with eps inside the root.
@@ -105,6 +106,7 @@ ADDED_FIELDS = {
   "dcn_low_rank_dim": 512,
   "embedding_mlp": [],
   "embedding_mlp_shared": True,
+  "synthetic_tail": 0.0,
 }
 
 
