@@ -51,6 +51,9 @@ class Config:
   data_dir: str = "data"
   synthetic_rows: int = 1_000_000
   synthetic_seed: int = 0
+  # Share of the built-in data's present categorical values replaced by rare, signal-free ids
+  # (dlrm_jax/data/synthetic_tail.py); 0 = none, the data as before the option existed.
+  synthetic_tail: float = 0.0
   max_ind_range: int = 0
   min_frequency: int = 1
   data_sub_sample_rate: float = 0.0  # fraction of training-day negatives dropped (reference rule)
@@ -292,6 +295,7 @@ class Config:
       self.synthetic_rows >= 1000,
       f"--synthetic_rows={self.synthetic_rows}: must be >= 1000 (7 days of data)",
     )
+    self._validate_synthetic_tail()
     return self
 
   def _validate_dense_extras(self) -> None:
@@ -334,6 +338,18 @@ class Config:
     _check(
       self.embedding_mlp_shared or bool(self.embedding_mlp),
       "--noembedding_mlp_shared: used only with a non-empty --embedding_mlp",
+    )
+
+  def _validate_synthetic_tail(self) -> None:
+    tail = self.synthetic_tail
+    _check(0.0 <= tail < 1.0, f"--synthetic_tail={tail}: must be in [0, 1)")
+    _check(
+      tail == 0.0 or self.dataset == "synthetic",
+      f"--synthetic_tail={tail}: used only with --dataset=synthetic, not {self.dataset}",
+    )
+    _check(
+      tail == 0.0 or not self.multi_hot_sizes,
+      f"--synthetic_tail={tail}: one-hot built-in data only, not with --multi_hot_sizes",
     )
 
   def _validate_id_mapping(self) -> None:

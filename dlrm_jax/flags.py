@@ -56,6 +56,12 @@ flags.DEFINE_integer(
   "Rows of built-in data to generate (7 days: 6 train, 1 test+validation).",
 )
 flags.DEFINE_integer("synthetic_seed", _D.synthetic_seed, "Seed of the built-in data's teacher.")
+flags.DEFINE_float(
+  "synthetic_tail",
+  _D.synthetic_tail,
+  "Fraction in [0, 1) of the built-in data's categorical values replaced by rare ids that carry "
+  "no signal (each about once in the file), so that table capacity matters; default 0: none.",
+)
 flags.DEFINE_enum(
   "shuffle",
   _D.shuffle,

@@ -28,6 +28,10 @@ from dlrm_jax.config import Config, ConfigError
     (dict(steps_per_call=4, log_every_steps=10), "--log_every_steps=10 is not a multiple"),
     (dict(steps_per_call=4, log_every_steps=8, eval_every_steps=6), "--eval_every_steps"),
     (dict(steps_per_call=3, log_every_steps=3), "--checkpoint_every_steps=1000"),
+    (dict(synthetic_tail=1.0), "--synthetic_tail=1.0: must be in"),
+    (dict(synthetic_tail=-0.1), "--synthetic_tail"),
+    (dict(synthetic_tail=0.5, dataset="kaggle"), "--synthetic_tail=0.5: used only"),
+    (dict(synthetic_tail=0.5, multi_hot_sizes=(2,)), "--synthetic_tail=0.5: one-hot"),
   ],
 )
 def test_rejected_with_flag_name(changes, flag):

@@ -64,6 +64,7 @@ def test_data_check_compares_what_can_differ(tmp_path):
     ("vocabulary", "reference"),
     ("synthetic_rows", 2000),
     ("synthetic_seed", 1),
+    ("synthetic_tail", 0.5),
   ):
     with pytest.raises(ConfigError, match=f"--{flag}="):
       check_data_matches_model(dataclasses.replace(config, **{flag: value}), processed, meta)
@@ -107,13 +108,14 @@ def test_checkpoint_identity_ignores_flags_without_effect():
   synth = Config(dataset="synthetic")
   for flag, value in (
     ("synthetic_rows", 5000),
+    ("synthetic_tail", 0.5),
     ("max_ind_range", 10),
     ("data_sub_sample_rate", 0.5),
     ("vocabulary", "reference"),
   ):
     with pytest.raises(CheckpointMismatch, match=flag):
       check(synth, dataclasses.replace(synth, **{flag: value}))
-    if flag != "synthetic_rows":
+    if not flag.startswith("synthetic_"):
       with pytest.raises(CheckpointMismatch, match=flag):
         check(kaggle, dataclasses.replace(kaggle, **{flag: value}))
   # A checkpoint from before a field existed had that field's default.

@@ -134,3 +134,83 @@ def test_stale_generator_output_is_rebuilt(tmp_path):
   synthetic.prepare_synthetic(str(tmp_path), 1500, seed=2, progress=False)
   assert json.load(open(teacher_json))["generator_version"] == synthetic.GENERATOR_VERSION
   assert sum(read_metadata(out)["num_rows"].values()) == 1500
+
+
+TAIL = 0.5
+TAIL_ROWS = 4000
+
+
+@pytest.fixture(scope="module")
+def tail_files(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tail")
+  head, tail = str(root / "head.txt"), str(root / "tail.txt")
+  synthetic.generate_criteo_tsv(head, TAIL_ROWS, seed=5)
+  meta = synthetic.generate_criteo_tsv(tail, TAIL_ROWS, seed=5, tail=TAIL)
+  read = lambda p: [line.split("\t") for line in open(p).read().splitlines()]  # noqa: E731
+  return read(head), read(tail), meta
+
+
+def test_tail_replaces_values_and_nothing_else(tail_files):
+  head_rows, tail_rows, meta = tail_files
+  teacher = synthetic.make_teacher(5)
+  assert meta["tail"] == TAIL and meta["tail_pool_size"] == int(TAIL * TAIL_ROWS)
+  replaced = present = 0
+  for t in range(26):
+    vocab = {f"{v:08x}" for v in teacher.hex_values[t]}
+    pool = set()
+    for h, r in zip(head_rows, tail_rows, strict=True):
+      if t == 0:
+        assert h[1:14] == r[1:14]  # dense values: the same draws as without the tail
+      a, b = h[14 + t], r[14 + t]
+      assert (a == "") == (b == "")  # missing values stay missing, present ones present
+      if a and a != b:
+        assert b not in vocab and HEX8.match(b)
+        pool.add(b)
+        replaced += 1
+      present += bool(a)
+    assert len(pool) <= meta["tail_pool_size"]
+  # Binomial(present, 0.5): 5 standard deviations. (A tail value equal to the head value it
+  # replaced is impossible: pools exclude the vocabulary.)
+  assert abs(replaced - TAIL * present) < 5 * np.sqrt(present * TAIL * (1 - TAIL))
+
+
+def test_tail_ids_are_mostly_rare(tail_files):
+  _, rows, _ = tail_files
+  for t in (2, 8, 13):  # a large, the smallest (3 values) and a small vocabulary
+    _, counts = np.unique([r[14 + t] for r in rows if r[14 + t]], return_counts=True)
+    assert np.mean(counts <= 3) > 0.9, f"C{t + 1}: distinct values are mostly seen <= 3 times"
+    assert np.mean(counts == 1) > 0.5
+
+
+def test_tail_best_possible_auc_from_the_file(tail_files):
+  """The teacher's probabilities recomputed from the file's text (tail values add nothing) give
+  the metadata's best possible AUC, and calibration still hits its targets."""
+  _, rows, meta = tail_files
+  teacher = synthetic.make_teacher(5, tail=TAIL)
+  n = len(rows)
+  dense = np.array([[int(v) if v else 0 for v in r[1:14]] for r in rows], dtype=np.float64)
+  logit = np.log1p(np.maximum(dense, 0)) @ teacher.dense_w
+  vecs = {}
+  for t in range(26):
+    index = {f"{v:08x}": i for i, v in enumerate(teacher.hex_values[t])}
+    v = synthetic.VOCAB_SIZES[t]
+    unary, pair = np.zeros(n), np.zeros((n, 4))
+    for i, r in enumerate(rows):
+      j = v if not r[14 + t] else index.get(r[14 + t])
+      if j is not None:  # None: a tail value
+        unary[i], pair[i] = teacher.unary[t][j], teacher.pair_vecs[t][j]
+    logit += unary
+    vecs[t] = pair
+  for a, b in synthetic.PAIRS:
+    logit += (vecs[a] * vecs[b]).sum(axis=1)
+  prob = 1.0 / (1.0 + np.exp(-(teacher.scale * logit + teacher.bias)))
+  labels = np.array([int(r[0]) for r in rows])
+  lo, hi = splits.split_ranges(n)["test"]
+  p, y = prob[lo:hi], labels[lo:hi]
+  pos, neg = p[y == 1], p[y == 0]
+  brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+    pos.size * neg.size
+  )
+  assert meta["best_possible_auc"]["test"] == pytest.approx(brute, abs=1e-9)
+  assert 0.76 < meta["best_possible_auc"]["train"] < 0.84
+  assert 0.21 < meta["positive_rate"]["train"] < 0.29

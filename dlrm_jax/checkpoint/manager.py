@@ -71,6 +71,7 @@ TRAINING_FIELDS = (
   "dataset",
   "synthetic_rows",
   "synthetic_seed",
+  "synthetic_tail",
   "max_ind_range",
   "min_frequency",
   "data_sub_sample_rate",
@@ -82,7 +83,7 @@ TRAINING_FIELDS = (
   "lfu_decay",
 )
 # Fields that have no effect unless --dataset=synthetic: never a reason to refuse another dataset.
-SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed")
+SYNTHETIC_FIELDS = ("synthetic_rows", "synthetic_seed", "synthetic_tail")
 # Fields that have no effect unless --id_mapping=managed (lfu_decay: unless --eviction=lfu).
 EVICTION_FIELDS = ("eviction", "lfu_decay")
 
@@ -115,6 +116,7 @@ ADDED_FIELDS = {
   "managed_capacity": [],
   "eviction": "lru",
   "lfu_decay": 0.99,
+  "synthetic_tail": 0.0,
 }
 
 

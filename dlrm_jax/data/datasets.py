@@ -112,7 +112,11 @@ def resolve_dataset(config: Config, *, progress: bool = True) -> tuple[str, dict
       metadata = store.read_metadata(processed)
     elif config.dataset == "synthetic":
       processed = prepare_synthetic(
-        config.data_dir, config.synthetic_rows, config.synthetic_seed, **options
+        config.data_dir,
+        config.synthetic_rows,
+        config.synthetic_seed,
+        tail=config.synthetic_tail,
+        **options,
       )
       metadata = store.read_metadata(processed)
     else:
@@ -179,12 +183,7 @@ def check_data_matches_model(config: Config, processed: str, metadata: dict[str,
   synthetic = metadata.get("synthetic")
   if (config.dataset == "synthetic") != (synthetic is not None):
     raise ConfigError(f"--dataset={config.dataset} but {processed} holds other data")
-  if synthetic is not None:
-    for flag, key in (("synthetic_rows", "num_rows"), ("synthetic_seed", "seed")):
-      if synthetic.get(key) != getattr(config, flag):
-        raise ConfigError(
-          f"--{flag}={getattr(config, flag)} but {processed} was generated with {synthetic[key]}"
-        )
+  _check_synthetic_options(config, processed, synthetic)
   sizes = [int(s) for s in metadata["table_sizes"]]
   names = list(metadata["sparse_names"])
   if len(sizes) != len(names):
@@ -215,6 +214,24 @@ def _check_raw_data_matches(config: Config, processed: str, metadata: dict[str, 
   synthetic = metadata.get("synthetic")
   if (config.dataset == "synthetic") != (synthetic is not None):
     raise ConfigError(f"--dataset={config.dataset} but {processed} holds other data")
+  _check_synthetic_options(config, processed, synthetic)
+
+
+def _check_synthetic_options(config: Config, processed: str, synthetic: dict | None) -> None:
+  """The generator's options recorded beside built-in data against the flags."""
+  if synthetic is None:
+    return
+  # Data generated before --synthetic_tail existed has no "tail": it had none.
+  made = {**synthetic, "tail": synthetic.get("tail", 0.0)}
+  for flag, key in (
+    ("synthetic_rows", "num_rows"),
+    ("synthetic_seed", "seed"),
+    ("synthetic_tail", "tail"),
+  ):
+    if made.get(key) != getattr(config, flag):
+      raise ConfigError(
+        f"--{flag}={getattr(config, flag)} but {processed} was generated with {made.get(key)}"
+      )
 
 
 def model_table_sizes(config: Config, metadata: dict[str, Any]) -> list[int]:

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data import splits as splits_lib
 from dlrm_jax.data import store
+from dlrm_jax.data import synthetic_tail as tails
 from dlrm_jax.data.preprocess import preprocess_criteo
 
 # Shaped like Kaggle's (a few ids up to ~100k), scaled down so 1-3M rows can learn them.
@@ -130,6 +131,7 @@ class Teacher:
   zipf: np.ndarray  # f64[26]
   scale: float = 1.0
   bias: float = 0.0
+  tail: float = 0.0  # --synthetic_tail: share of present values replaced by signal-free ones
 
 
 def _distinct_uint32(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -142,10 +144,12 @@ def _distinct_uint32(rng: np.random.Generator, n: int) -> np.ndarray:
   return out[:n]
 
 
-def make_teacher(seed: int, bag_sizes: Sequence[int] | None = None) -> Teacher:
+def make_teacher(seed: int, bag_sizes: Sequence[int] | None = None, tail: float = 0.0) -> Teacher:
   """Random teacher for `seed`, calibrated to ~25% positives and teacher AUC ~0.80.
 
   ``bag_sizes`` (multi-hot): calibrated on the pooled signal of bags of that many ids.
+  ``tail`` (synthetic_tail.py): calibrated with that share of values signal-free; the
+  vocabularies and teacher vectors are those of ``tail=0``, only scale and bias differ.
   """
   rng = np.random.default_rng([seed, 0])
   zipf = rng.uniform(1.05, 1.35, size=cf.NUM_SPARSE)
@@ -169,8 +173,10 @@ def make_teacher(seed: int, bag_sizes: Sequence[int] | None = None) -> Teacher:
     dense_mu=rng.uniform(0.0, 4.0, cf.NUM_DENSE),
     dense_sigma=rng.uniform(0.5, 1.5, cf.NUM_DENSE),
     zipf=zipf,
+    tail=tail,
   )
-  return _calibrate(teacher, np.random.default_rng([seed, 1]), bag_sizes)
+  tail_rng = np.random.default_rng([seed, tails.CALIBRATION_STREAM]) if tail else None
+  return _calibrate(teacher, np.random.default_rng([seed, 1]), bag_sizes, tail_rng)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +187,7 @@ class _Rows:
   ids: np.ndarray  # int64[n, 26] teacher ids
   sparse_missing: np.ndarray  # bool[n, 26]
   prob: np.ndarray  # f64[n] teacher click probability
+  tail: np.ndarray | None = None  # int64[n, 26] pool index of a tail value, -1 a head value
 
 
 def _draw_features(teacher: Teacher, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
@@ -227,11 +234,13 @@ def _raw_logit(
   ids: np.ndarray,
   sparse_missing: np.ndarray,
   extra: list[np.ndarray] | None = None,
+  tail: np.ndarray | None = None,
 ) -> np.ndarray:
   """Teacher logit before scale and bias: f64[n]. Uses exactly what preprocessing keeps.
 
   ``extra`` (multi-hot): each feature's signal is the mean over its bag; a
-  missing feature's bag is the missing category alone.
+  missing feature's bag is the missing category alone. ``tail`` (bool[n, 26]):
+  values replaced by tail values, which add nothing.
   """
   if extra is not None:
     return _raw_logit_bags(teacher, dense, ids, sparse_missing, extra)
@@ -239,9 +248,13 @@ def _raw_logit(
   logit = z @ teacher.dense_w
   eff = np.where(sparse_missing, np.asarray(VOCAB_SIZES)[None, :], ids)
   for t in range(cf.NUM_SPARSE):
-    logit += teacher.unary[t][eff[:, t]]
+    unary = teacher.unary[t][eff[:, t]]
+    logit += unary if tail is None else np.where(tail[:, t], 0.0, unary)
   for a, b in PAIRS:
-    logit += np.einsum("nd,nd->n", teacher.pair_vecs[a][eff[:, a]], teacher.pair_vecs[b][eff[:, b]])
+    va, vb = teacher.pair_vecs[a][eff[:, a]], teacher.pair_vecs[b][eff[:, b]]
+    if tail is not None:
+      va, vb = np.where(tail[:, a, None], 0.0, va), np.where(tail[:, b, None], 0.0, vb)
+    logit += np.einsum("nd,nd->n", va, vb)
   return logit
 
 
@@ -290,12 +303,17 @@ def exact_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 def _calibrate(
-  teacher: Teacher, rng: np.random.Generator, bag_sizes: Sequence[int] | None = None
+  teacher: Teacher,
+  rng: np.random.Generator,
+  bag_sizes: Sequence[int] | None = None,
+  tail_rng: np.random.Generator | None = None,
 ) -> Teacher:
   """Pick scale (AUC) and bias (positive rate) by nested bisection on a calibration sample."""
   dense, _, ids, miss = _draw_features(teacher, rng, _CALIBRATION_ROWS)
   extra = _draw_extra_ids(teacher, rng, _CALIBRATION_ROWS, bag_sizes) if bag_sizes else None
-  base = _raw_logit(teacher, dense, ids, miss, extra)
+  # Drawn from its own stream, so that the rows above are those of tail=0.
+  tail = tails.tail_mask(tail_rng, teacher.tail, miss) if tail_rng is not None else None
+  base = _raw_logit(teacher, dense, ids, miss, extra, tail)
   base = base - base.mean()
 
   def bias_for(scale: float) -> float:
@@ -314,15 +332,24 @@ def _calibrate(
     lo, hi = (lo, mid) if auc > TARGET_AUC else (mid, hi)
   scale = float(np.sqrt(lo * hi))
   # The centring shift is folded into the bias so generation needs no extra state.
-  shift = float(_raw_logit(teacher, dense, ids, miss, extra).mean())
+  shift = float(_raw_logit(teacher, dense, ids, miss, extra, tail).mean())
   return dataclasses.replace(teacher, scale=scale, bias=bias_for(scale) - scale * shift)
 
 
-def _draw_rows(teacher: Teacher, rng: np.random.Generator, n: int) -> _Rows:
+def _draw_rows(
+  teacher: Teacher,
+  rng: np.random.Generator,
+  n: int,
+  tail_rng: np.random.Generator | None = None,
+  pool: int = 0,
+) -> _Rows:
+  """``tail_rng`` and ``pool`` (the tail's pool size) are used when ``teacher.tail`` > 0."""
   dense, dense_missing, ids, sparse_missing = _draw_features(teacher, rng, n)
-  prob = _sigmoid(teacher.scale * _raw_logit(teacher, dense, ids, sparse_missing) + teacher.bias)
+  tail = tails.draw(tail_rng, teacher.tail, sparse_missing, pool) if teacher.tail else None
+  logit = _raw_logit(teacher, dense, ids, sparse_missing, tail=None if tail is None else tail >= 0)
+  prob = _sigmoid(teacher.scale * logit + teacher.bias)
   label = (rng.random(n) < prob).astype(np.int8)
-  return _Rows(label, dense, dense_missing, ids, sparse_missing, prob)
+  return _Rows(label, dense, dense_missing, ids, sparse_missing, prob, tail)
 
 
 def _hex_dictionary(values: np.ndarray) -> pa.Array:
@@ -338,22 +365,33 @@ def _rows_table(rows: _Rows, dictionaries: list[pa.Array]) -> pa.Table:
   for j, name in enumerate(cf.DENSE_NAMES):
     cols[name] = pa.array(rows.dense[:, j], mask=rows.dense_missing[:, j])
   for t, name in enumerate(cf.SPARSE_NAMES):
-    cols[name] = pc.take(dictionaries[t], pa.array(rows.ids[:, t], mask=rows.sparse_missing[:, t]))
+    ids = rows.ids[:, t]
+    if rows.tail is not None:  # a feature's dictionary holds its pool after its vocabulary
+      ids = np.where(rows.tail[:, t] >= 0, VOCAB_SIZES[t] + rows.tail[:, t], ids)
+    cols[name] = pc.take(dictionaries[t], pa.array(ids, mask=rows.sparse_missing[:, t]))
   return pa.table(cols)
 
 
 def generate_criteo_tsv(
-  path: str, num_rows: int, seed: int = 0, num_days: int = cf.KAGGLE_NUM_DAYS
+  path: str,
+  num_rows: int,
+  seed: int = 0,
+  num_days: int = cf.KAGGLE_NUM_DAYS,
+  tail: float = 0.0,
 ) -> dict[str, Any]:
   """Write `num_rows` Kaggle-layout rows to `path`; return (and save as <path>.teacher.json) the
   metadata.
 
   metadata["best_possible_auc"][split] is the exact AUC of the teacher's
   probabilities against the sampled labels on the rows the Kaggle day split
-  (with `num_days`) assigns to that split.
+  (with `num_days`) assigns to that split. ``tail``: synthetic_tail.py (0: none).
   """
-  teacher = make_teacher(seed)
-  dictionaries = [_hex_dictionary(h) for h in teacher.hex_values]
+  teacher = make_teacher(seed, tail=tail)
+  values, pool = teacher.hex_values, tails.pool_size(num_rows, tail) if tail else 0
+  if tail:
+    pooled = tails.pools(seed, values, pool)
+    values = [np.concatenate([h, p]) for h, p in zip(values, pooled, strict=True)]
+  dictionaries = [_hex_dictionary(h) for h in values]
   probs = np.empty(num_rows, dtype=np.float64)
   labels = np.empty(num_rows, dtype=np.int8)
   options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
@@ -362,7 +400,8 @@ def generate_criteo_tsv(
     writer = None
     for c, start in enumerate(range(0, num_rows, _CHUNK_ROWS)):
       n = min(_CHUNK_ROWS, num_rows - start)
-      rows = _draw_rows(teacher, np.random.default_rng([seed, 2, c]), n)
+      tail_rng = np.random.default_rng([seed, tails.ROWS_STREAM, c]) if tail else None
+      rows = _draw_rows(teacher, np.random.default_rng([seed, 2, c]), n, tail_rng, pool)
       probs[start : start + n], labels[start : start + n] = rows.prob, rows.label
       table = _rows_table(rows, dictionaries)
       writer = writer or pacsv.CSVWriter(sink, table.schema, write_options=options)
@@ -395,6 +434,8 @@ def generate_criteo_tsv(
     "best_possible_auc": best_auc,
     "best_possible_logloss": best_logloss,
     "positive_rate": positive_rate,
+    "tail": tail,
+    "tail_pool_size": pool,
   }
   tmp_json = path + ".teacher.json.partial"
   with open(tmp_json, "w") as f:
@@ -415,10 +456,13 @@ def prepare_synthetic(
   strict: bool = False,
   vocabulary: str = "train",
   id_mapping: str = "vocabulary",
+  tail: float = 0.0,
 ) -> str:
-  """Generate (once) data_dir/synthetic_<rows>_<seed>/train.txt and preprocess it (once per set of
-  options, into its own directory, exactly as Kaggle's train.txt); return the processed dir."""
-  root = os.path.join(data_dir, f"synthetic_{num_rows}_{seed}")
+  """Generate (once) data_dir/synthetic_<rows>_<seed>[_tail<tail>]/train.txt and preprocess it
+  (once per set of options, into its own directory, exactly as Kaggle's train.txt); return the
+  processed dir. ``tail``: --synthetic_tail (synthetic_tail.py)."""
+  name = f"synthetic_{num_rows}_{seed}" + (f"_tail{tail:g}" if tail else "")
+  root = os.path.join(data_dir, name)
   raw = os.path.join(root, "train.txt")
   os.makedirs(root, exist_ok=True)
   teacher_json = raw + ".teacher.json"
@@ -429,7 +473,7 @@ def prepare_synthetic(
     if teacher_meta.get("generator_version") != GENERATOR_VERSION:
       teacher_meta = None  # made by an older generator: rebuild rather than serve stale rows
   if teacher_meta is None:
-    teacher_meta = generate_criteo_tsv(raw, num_rows, seed)
+    teacher_meta = generate_criteo_tsv(raw, num_rows, seed, tail=tail)
   processed = os.path.join(
     root,
     store.processed_name(max_ind_range, min_frequency, sub_sample_rate, vocabulary, id_mapping),
