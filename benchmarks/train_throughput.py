@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import resource
 import statistics
 import time
@@ -86,6 +87,12 @@ flags.DEFINE_list(
   "vocabulary (ids in [0, rows)); hash (raw uint32 ids, a bijection of those ids, taken "
   "% rows on the host as --id_mapping=hash does); managed (the same raw ids mapped to rows "
   "on the devices, capacity = the table sizes so nothing is evicted). Default vocabulary.",
+)
+flags.DEFINE_bool(
+  "fresh_ids",
+  False,
+  "Every timed step draws new random ids (else 8 batches are cycled): under managed most ids "
+  "are then new, so every step inserts, the map's costliest path.",
 )
 FLAGS = flags.FLAGS
 MAPPINGS = ("vocabulary", "hash", "managed")
@@ -356,7 +363,9 @@ def main(argv):
     f"{' + maps' if 'managed' in states else ''}, every model); initialised in {init_s:.1f} s; "
     f"model {flops / 1e6:.2f} MFLOP/sample (fwd+bwd)"
   )
-  if "managed" in states:
+  if "managed" in states and FLAGS.fresh_ids:
+    print("managed: every timed step draws new random ids, so most are inserted (none evicted)")
+  elif "managed" in states:
     print(
       "managed: the ids of the 8 cycled batches are inserted in the first calls (the compile "
       "call and the first window); later calls find them all (nothing is evicted)"
@@ -368,14 +377,22 @@ def main(argv):
     k = FLAGS.steps_per_call or auto_steps_per_call(batch_size)
     steps = -(-FLAGS.steps // k) * k  # whole calls
     step = {(m, d): models[groups[m]][0][d](k) for m, d in variants}
-    host = [host_batch(rng, specs, batch_size) for _ in range(8)]
-    batches = {}
-    for m in mappings:
-      batches[m] = [mapped_batch(b, specs, m, mesh) for b in host]
-      if k > 1:
-        batches[m] = stack_batches(batches[m], k, mesh)
+    # --fresh_ids: one set of batches per timed window and variant, each step's ids new.
+    sets = FLAGS.windows * len(variants) + 1 if FLAGS.fresh_ids else 1
+    per_set = steps if FLAGS.fresh_ids else 8
+    batches = {m: [] for m in mappings}
+    for _ in range(sets):
+      host = [host_batch(rng, specs, batch_size) for _ in range(per_set)]
+      for m in mappings:
+        mapped = [mapped_batch(b, specs, m, mesh) for b in host]
+        batches[m].append(stack_batches(mapped, k, mesh) if k > 1 else mapped)
     for m, d in variants:
-      _, states[groups[m]] = timed_window(step[m, d], states[groups[m]], batches[m], 1)  # compile
+      _, states[groups[m]] = timed_window(step[m, d], states[groups[m]], batches[m][0], 1)
+    # Each window takes the next set (the compile calls used set 0), or set 0 again.
+    sources = {
+      m: iter(batches[m][1:]) if FLAGS.fresh_ids else itertools.repeat(batches[m][0])
+      for m in mappings
+    }
     # Step windows (of each variant) alternate with matmul windows so all see
     # the same machine load; ratios are medians of per-window ratios.
     rates = {v: [] for v in variants}
@@ -383,7 +400,7 @@ def main(argv):
     for _ in range(FLAGS.windows):
       for m, d in variants:
         g = groups[m]
-        seconds, states[g] = timed_window(step[m, d], states[g], batches[m], steps // k)
+        seconds, states[g] = timed_window(step[m, d], states[g], next(sources[m]), steps // k)
         rates[m, d].append(steps * batch_size / seconds)
       for form in MATMULS:
         matmuls[form].append(matmul_gflops(reps=10, form=form))
