@@ -1,6 +1,7 @@
 """Where a train step's time goes: a jax.profiler trace of the real step, op by op.
 
 python benchmarks/step_profile.py [--batch_sizes=128,2048] [--steps=32] [--steps_per_call=0]
+    [--compute_dtype=float32|bfloat16]
 
 On one device, for each batch size: the Kaggle-size train step (as
 benchmarks/train_throughput.py builds it, K steps per call as training picks
@@ -41,7 +42,8 @@ from dlrm_jax.data.criteo_format import KAGGLE_TABLE_SIZES, SPARSE_NAMES  # noqa
 from dlrm_jax.sharding.mesh import make_mesh  # noqa: E402
 from dlrm_jax.sharding.specs import table_specs  # noqa: E402
 
-# --batch_sizes, --steps (per window) and --steps_per_call are train_throughput's flags.
+# --batch_sizes, --steps (per window), --steps_per_call and --compute_dtype are
+# train_throughput's flags.
 FLAGS = flags.FLAGS
 
 PHASES = (
@@ -138,7 +140,11 @@ def main(argv):
   if jax.device_count() != 1:
     raise SystemExit("step_profile needs one device: unset xla_force_host_platform_device_count")
   specs = table_specs(list(SPARSE_NAMES), list(KAGGLE_TABLE_SIZES), 16)
-  step_for, state = reference_model(specs, mesh, bottom=BOTTOM, top=TOP)
+  if FLAGS.compute_dtype == "both":
+    raise SystemExit("step_profile traces one dtype: --compute_dtype=float32 or bfloat16")
+  step_for, state = reference_model(
+    specs, mesh, bottom=BOTTOM, top=TOP, compute_dtype=FLAGS.compute_dtype
+  )
   rng = np.random.default_rng(0)
   results = []
   for batch_size in map(int, FLAGS.batch_sizes):

@@ -89,6 +89,40 @@ def test_bf16_dots_take_bf16_operands_and_accumulate_in_f32(name):
     assert (lhs, rhs, out) == ("bf16", "bf16", "f32"), line
 
 
+# Compiled HLO text: "%name = bf16[2048,367]{1,0} op(...", and a dot with its output dims.
+HLO_VALUE = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\w+)\[")
+HLO_DOT = re.compile(r"= \w+\[([\d,]*)\]\S* dot\((%[\w.\-]+), (%[\w.\-]+)\)")
+
+
+def test_bf16_mlp_dots_stay_bf16_after_xla_optimizes():
+  """The compiled program, not only the lowered one: XLA:CPU's operand upcaster turns a bf16
+  dot whose operand is only a transposed layout into an f32 dot, which ran the weight
+  gradients at the f32 rate (issue 20). Every matrix-sized dot of a bf16 MLP's forward and
+  backward must still take bf16 operands once XLA has optimized it (XLA may rewrite the
+  1-wide output layer's dots as f32 vector products: a negligible share)."""
+
+  def loss(kernels, x):
+    for i, kernel in enumerate(kernels):
+      x = policy.dense(x, kernel, jnp.bfloat16)
+      x = jax.nn.relu(x) if i < len(kernels) - 1 else x
+    return jnp.sum(x)
+
+  widths = (367, 512, 256, 1)  # the reference top MLP, at a real batch
+  kernels = [jnp.ones((a, b)) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+  x = jnp.ones((2048, widths[0]))
+  text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(kernels, x).compile().as_text()
+  types = {m.group(1): m.group(2) for m in map(HLO_VALUE.match, text.splitlines()) if m}
+  matrix_dots = [
+    (lhs, rhs)
+    for dims, lhs, rhs in (m.groups() for m in map(HLO_DOT.search, text.splitlines()) if m)
+    if all(int(d) > 1 for d in dims.split(","))
+  ]
+  # forward 2, input gradients 2, weight gradients 2 (the 512- and 256-wide layers' dots).
+  assert len(matrix_dots) >= 6, text
+  for lhs, rhs in matrix_dots:
+    assert (types[lhs], types[rhs]) == ("bf16", "bf16"), (lhs, rhs)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_f32_dots_ask_highest_precision(name):
   dots = train_dots(DenseModel(**MODELS[name]))
