@@ -33,7 +33,7 @@ from dlrm_jax.train.state import TrainState, state_shardings
 _CHUNK = 1 << 16  # ids hashed per device call: a fixed shape compiles once
 
 
-def _host(x: jax.Array) -> np.ndarray:
+def host_array(x: jax.Array) -> np.ndarray:
   """The whole global array on this host (gathered across processes where needed)."""
   if x.is_fully_addressable:
     return np.asarray(jax.device_get(x))
@@ -113,17 +113,8 @@ def relayout_host(
   m1, r1, s1 = ml.model_size, ml.rows_per_shard, ml.slots_per_shard
   t_count = ml.num_tables
   rows1 = m1 * r1
-  out = {
-    "row_id": np.zeros(rows1, np.uint32),
-    "row_slot": np.full(rows1, -1, np.int32),
-    "row_step": np.full(rows1, -1, np.int32),
-    "row_count": np.zeros(rows1, np.float32),
-    "map": np.full((m1 * s1, 2), -1, np.int32),
-    "next_free": ml.first.astype(np.int32).copy(),
-    "seed": state["seed"],
-  }
+  out = managed_lib.init_state(ml, state["seed"], xp=np)
   for name in managed_lib.COUNTERS:
-    out[name] = np.zeros((m1, t_count), np.int32)
     out[name][0] = state[name].sum(axis=0)
   new_buffer = np.zeros((rows1,) + buffer.shape[1:], buffer.dtype)
   new_slots = {k: np.zeros((rows1,) + v.shape[1:], v.dtype) for k, v in slots.items()}
@@ -192,9 +183,9 @@ def rebuild(
   if set(abstract_state.tables) != {"sharded"}:
     raise ValueError("managed tables are row-wise: the state holds only the sharded buffer")
   saved_ml = managed_lib.managed_layout(saved, ml.policy, ml.decay)
-  state = {k: _host(v) for k, v in tree["managed"].items()}
-  buffer = _host(tree["buffers"]["sharded"])
-  slots = {k: _host(v) for k, v in tree["slots"].get("sharded", {}).items()}
+  state = {k: host_array(v) for k, v in tree["managed"].items()}
+  buffer = host_array(tree["buffers"]["sharded"])
+  slots = {k: host_array(v) for k, v in tree["slots"].get("sharded", {}).items()}
   for x in jax.tree.leaves((tree["managed"], tree["buffers"], tree["slots"])):
     x.delete()
   names = [p.spec.name for p in layout.placements]

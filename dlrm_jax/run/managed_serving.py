@@ -5,16 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
+from dlrm_jax.checkpoint.managed_io import host_array
 from dlrm_jax.sharding.managed import ManagedLayout
-
-
-def _host(x: jax.Array) -> np.ndarray:
-  """The whole of a (possibly multi-process) sharded array on every host."""
-  if x.is_fully_addressable:
-    return np.asarray(jax.device_get(x))
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def resident_ids(
@@ -29,8 +22,8 @@ def resident_ids(
   anyway, and keeps every array non-empty for the exported function.
   """
   m, per_shard = ml.model_size, ml.rows_per_shard
-  row_id = _host(managed["row_id"]).reshape(m, per_shard)
-  held = _host(managed["row_slot"]).reshape(m, per_shard) >= 0
+  row_id = host_array(managed["row_id"]).reshape(m, per_shard)
+  held = host_array(managed["row_slot"]).reshape(m, per_shard) >= 0
   out = []
   for t in range(ml.num_tables):
     ids, rows = [], []

@@ -83,7 +83,7 @@ class ManagedLayout:
   offset: np.ndarray  # i32[T]
   chunk: np.ndarray  # i32[T]
   slot_offset: np.ndarray  # i32[T]
-  slots: np.ndarray  # i32[T], powers of two
+  slots: np.ndarray  # i32[T]: SLOTS_PER_ROW x chunk
   rows: np.ndarray  # i32[M, T]
   first: np.ndarray  # i32[M, T]
   owners: tuple[tuple[int, ...], ...]
@@ -102,10 +102,6 @@ class ManagedLayout:
   def capacity(self) -> list[int]:
     """Ids each table holds at most: its rows on every shard but the unknown row."""
     return [int(c) for c in (self.rows - self.first).clip(min=0).sum(axis=0)]
-
-  def state_bytes_per_shard(self) -> int:
-    """Bytes of map and row state on each model shard (the planner adds it to the tables)."""
-    return self.rows_per_shard * 16 + self.slots_per_shard * 8
 
 
 def managed_layout(layout: EmbeddingLayout, policy: str = "lru", decay: float = 1.0):
@@ -155,22 +151,23 @@ def managed_layout(layout: EmbeddingLayout, policy: str = "lru", decay: float = 
   )
 
 
-def init_state(ml: ManagedLayout, seed: jax.Array) -> dict[str, jax.Array]:
+def init_state(ml: ManagedLayout, seed, xp=jnp) -> dict:
   """The empty maps (global shapes; rows and slots split over ``model`` by ``state_specs``).
 
   seed: u32[2], the tables' initialisation seed, from which fresh rows are drawn.
+  xp: jax.numpy, or numpy for a checkpoint's re-layout on the host (writable copies).
   """
   m, t = ml.model_size, ml.num_tables
   rows, slots = m * ml.rows_per_shard, m * ml.slots_per_shard
   return {
-    "row_id": jnp.zeros((rows,), jnp.uint32),
-    "row_slot": jnp.full((rows,), -1, jnp.int32),
-    "row_step": jnp.full((rows,), -1, jnp.int32),
-    "row_count": jnp.zeros((rows,), jnp.float32),
-    "map": jnp.full((slots, 2), -1, jnp.int32),  # (raw id bits, buffer row); row -1: free
-    "next_free": jnp.asarray(ml.first),
-    **{name: jnp.zeros((m, t), jnp.int32) for name in COUNTERS},
-    "seed": seed.astype(jnp.uint32),
+    "row_id": xp.zeros((rows,), np.uint32),
+    "row_slot": xp.full((rows,), -1, np.int32),
+    "row_step": xp.full((rows,), -1, np.int32),
+    "row_count": xp.zeros((rows,), np.float32),
+    "map": xp.full((slots, 2), -1, np.int32),  # (raw id bits, buffer row); row -1: free
+    "next_free": xp.array(ml.first, np.int32),
+    **{name: xp.zeros((m, t), np.int32) for name in COUNTERS},
+    "seed": xp.array(seed, np.uint32),
   }
 
 
@@ -210,17 +207,21 @@ class _Owned:
     run = jax.vmap(lambda s, v: jnp.searchsorted(s, v, side="left"))(sorted_x, by_table)
     run = run.astype(jnp.int32)
     tables = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[:, None], (t, n))
-    kept = jnp.ones((t, n), jnp.int32) if keep is None else jnp.broadcast_to(keep[None, :], (t, n))
-    uses = jnp.zeros((t, n), jnp.int32).at[tables, run].add(kept.astype(jnp.int32))
+    # The entries this shard answers for: it owns the id, and the example is not padding
+    # (padding takes row 0). The owner is a function of the id, so a run's uses count only
+    # this shard's kept entries, and a run is valid where it has any.
+    mine = owner_of(ml, by_table, tables) == k
+    if keep is not None:
+      mine = mine & keep[None, :]
+    uses = jnp.zeros((t, n), jnp.int32).at[tables, run].add(mine.astype(jnp.int32))
     first = jnp.concatenate([jnp.ones((t, 1), bool), sorted_x[:, 1:] != sorted_x[:, :-1]], axis=1)
     self.x = sorted_x.reshape(-1)
     self.table = tables.reshape(-1)
-    self.valid = (first & (owner_of(ml, sorted_x, tables) == k) & (uses > 0)).reshape(-1)
+    self.valid = (first & (uses > 0)).reshape(-1)
     self.uses = uses.reshape(-1)
-    # Per entry of the batch [N, T]: its pair, and whether this shard answers for it (it owns the
-    # id, and the example is not padding: padding takes row 0).
+    # Per entry of the batch [N, T]: its pair, and whether this shard answers for it.
     self.inverse = (tables * n + run).T.reshape(-1)
-    self.owned = ((owner_of(ml, by_table, tables) == k) & (kept > 0)).T.reshape(-1)
+    self.owned = mine.T.reshape(-1)
     self.shape = (n, t)
 
 
@@ -398,7 +399,7 @@ def update_rows(
   nowhere = table_map.shape[0]
 
   def insert_round(carry):
-    r, probe, pending, table_map, slot_of = carry
+    probe, pending, table_map, slot_of = carry
     pos = _probe(ml, x, table, probe)
     open_ = pending & (table_map.at[pos, 1].get(mode="fill", fill_value=0) < 0)
     bucket = pos & (buckets - 1)
@@ -411,15 +412,14 @@ def update_rows(
     taken_now = table_map.at[pos, 1].get(mode="fill", fill_value=0) >= 0
     probe = jnp.where(pending & ~won & taken_now, probe + 1, probe)
     pending = pending & ~won & (probe < PROBES)
-    return r + 1, probe, pending, table_map, jnp.where(won, pos, slot_of)
+    return probe, pending, table_map, jnp.where(won, pos, slot_of)
 
-  _, probe, pending, table_map, slot_of = lax.while_loop(
-    lambda c: jnp.any(c[2]),
+  _, _, table_map, slot_of = lax.while_loop(
+    lambda c: jnp.any(c[1]),
     insert_round,
-    (0, jnp.zeros((size,), jnp.int32), taken, table_map, jnp.full((size,), -1, jnp.int32)),
+    (jnp.zeros((size,), jnp.int32), taken, table_map, jnp.full((size,), -1, jnp.int32)),
   )
-  pending = taken & (slot_of < 0)
-  placed = taken & ~pending
+  placed = taken & (slot_of >= 0)
   at = jnp.where(taken, row, ml.rows_per_shard)
   # Rows used this step: found ones are touched, new ones start. One write each, after every
   # read (the ranking reads the rows as they were; XLA then updates them in place).
