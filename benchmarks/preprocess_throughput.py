@@ -2,6 +2,9 @@
 
 --id_mapping=vocabulary,hash times the vocabulary path and the one-pass raw path interleaved
 (each repeat runs every combination once), with the load average beside each run.
+--spark=local[2] also times dlrm_jax.data.spark_preprocess (the cluster path, here on Spark's
+local runner; pip install -e .[spark]) in every repeat, after the single-machine runs; its
+SparkContext starts once, before the first repeat, and is not timed.
 """
 
 from __future__ import annotations
@@ -37,7 +40,18 @@ def main() -> None:
     default="vocabulary",
     help="comma-separated id mappings, timed interleaved (vocabulary, hash; default vocabulary)",
   )
+  parser.add_argument(
+    "--spark",
+    default="",
+    help="also time the Spark path with this master, e.g. local[2] (vocabulary mapping, "
+    "64 MiB ranges; default: off)",
+  )
   args = parser.parse_args()
+  sc = None
+  if args.spark:
+    from dlrm_jax.data.spark_preprocess import preprocess_criteo_spark, spark_context
+
+    sc = spark_context(args.spark)
   with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
     raw = os.path.join(tmp, "train.txt")
     start = time.perf_counter()
@@ -51,37 +65,40 @@ def main() -> None:
     counts = [int(w) for w in args.workers.split(",")]
     mappings = args.id_mapping.split(",")
     combos = [(m, w) for m in mappings for w in counts]
+    if sc is not None:
+      combos.append(("spark", 0))
     secs: dict[tuple[str, int], list[float]] = {c: [] for c in combos}
     cpus: dict[tuple[str, int], list[float]] = {c: [] for c in combos}
     print(f"available cores: {available_cores()}")
     for r in range(args.repeats):
       for m, w in combos:
         start, cpu0 = time.perf_counter(), time.process_time()
-        meta = preprocess_criteo(
-          [raw],
-          os.path.join(tmp, f"out_{m}"),
-          progress=False,
-          overwrite=True,
-          workers=w,
-          id_mapping=m,
-        )
+        out = os.path.join(tmp, f"out_{m}")
+        if m == "spark":
+          preprocess_criteo_spark([raw], out, sc=sc, progress=False, overwrite=True)
+        else:
+          meta = preprocess_criteo(
+            [raw], out, progress=False, overwrite=True, workers=w, id_mapping=m
+          )
         sec = time.perf_counter() - start
         cpu = time.process_time() - cpu0  # this process's threads; worker processes not counted
         secs[(m, w)].append(sec)
         cpus[(m, w)].append(cpu)
         if m == "vocabulary":
           vocab_meta = meta
+        label = f"{m} {args.spark}" if m == "spark" else f"{m} workers {w}"
         print(
-          f"run {r} {m} workers {w}: {sec:.2f}s  {args.rows / sec:,.0f} rows/s  "
+          f"run {r} {label}: {sec:.2f}s  {args.rows / sec:,.0f} rows/s  "
           f"({size_mb / sec:.0f} MiB/s)  cpu {cpu:.2f}s  load {os.getloadavg()[0]:.2f}"
         )
     if "vocabulary" in mappings:
       print(f"table sizes: {vocab_meta['table_sizes']}")
     for m, w in combos:
       med = statistics.median(secs[(m, w)])
-      what = "count, parse, vocab, ids, write" if m == "vocabulary" else "parse, write"
+      what = "parse, write" if m == "hash" else "count, parse, vocab, ids, write"
+      label = f"spark, {args.spark}" if m == "spark" else f"{m}, workers {w}"
       print(
-        f"preprocess median, {m}, workers {w}: {med:.2f}s, {args.rows / med:,.0f} rows/s end "
+        f"preprocess median, {label}: {med:.2f}s, {args.rows / med:,.0f} rows/s end "
         f"to end ({what}); cpu {statistics.median(cpus[(m, w)]):.2f}s"
       )
     for w in counts:
@@ -96,6 +113,14 @@ def main() -> None:
             f"{statistics.median(ratios):.2f} (medians {base:.2f}s / "
             f"{statistics.median(secs[(m, w)]):.2f}s)"
           )
+    if sc is not None and "vocabulary" in mappings:
+      for w in counts:
+        ratios = [b / s for b, s in zip(secs[("vocabulary", w)], secs[("spark", 0)], strict=True)]
+        print(
+          f"spark {args.spark} rows/s / vocabulary workers {w} rows/s, median of per-repeat "
+          f"ratios {statistics.median(ratios):.2f}"
+        )
+      sc.stop()
 
 
 if __name__ == "__main__":
