@@ -84,6 +84,18 @@ def processed_dir(config: Config) -> str:
   )
 
 
+def will_preprocess(config: Config) -> bool:
+  """Whether resolve_dataset will parse raw Criteo text: the raw files are there and this
+  run's processed directory is not finished. A run then has seconds for work that needs no data."""
+  if config.dataset not in ("kaggle", "terabyte"):
+    return False
+  try:
+    raw_files(config)
+  except ConfigError:
+    return False
+  return not os.path.exists(os.path.join(processed_dir(config), store.METADATA_FILE))
+
+
 def resolve_dataset(config: Config, *, progress: bool = True) -> tuple[str, dict[str, Any]]:
   """Returns (preprocessed directory, its metadata), preparing it if needed.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -131,6 +132,26 @@ def run_programs(c: Components, abstract: TrainState) -> dict[str, Callable]:
   return programs
 
 
+def _lowered_programs(
+  c: Components, abstract: TrainState, programs: dict[str, Callable]
+) -> Iterator[tuple[str, Any, int]]:
+  """(figure name, lowered program, bytes held beside its arguments) of every program but init,
+  lowered on abstract inputs with the shardings the run's calls will have."""
+  config = c.config
+  state = abstract_state(c, abstract)
+  live = _bytes(state)
+  k = config.resolved_steps_per_call
+  for name, steps in (("train", k), ("train 1 step", 1)):
+    if name not in programs:
+      continue
+    batch = abstract_batch(c, config.batch_size, steps)
+    # The loader puts the next call's batch on the devices while this one runs.
+    yield f"{name} (K={steps})", programs[name].lower(state, batch), live + 2 * _bytes(batch)
+  batch = abstract_batch(c, config.eval_batch_size)
+  yield "eval", programs["eval"].lower(state, batch), live + _bytes(batch)
+  yield "checkpoint", programs["checkpoint"].device_program.lower(state), live
+
+
 def compile_programs(
   c: Components, abstract: TrainState, programs: dict[str, Callable] | None = None
 ) -> tuple[list[ProgramMemory], Any]:
@@ -144,8 +165,6 @@ def compile_programs(
   """
   config, mesh = c.config, c.mesh
   programs = programs if programs is not None else run_programs(c, abstract)
-  state = abstract_state(c, abstract)
-  live = _bytes(state)
   rep = NamedSharding(mesh, P())
   key = jax.eval_shape(lambda: jax.random.key(config.seed))
   init = (
@@ -159,22 +178,30 @@ def compile_programs(
     .compile()
   )
   out = [_figures("init", init)]
-  k = config.resolved_steps_per_call
-  for name, steps in (("train", k), ("train 1 step", 1)):
-    if name not in programs:
-      continue
-    batch = abstract_batch(c, config.batch_size, steps)
-    # The loader puts the next call's batch on the devices while this one runs.
-    held = live + 2 * _bytes(batch)
-    compiled = programs[name].lower(state, batch).compile()
-    out.append(_figures(f"{name} (K={steps})", compiled, held))
-  batch = abstract_batch(c, config.eval_batch_size)
-  compiled = programs["eval"].lower(state, batch).compile()
-  out.append(_figures("eval", compiled, live + _bytes(batch)))
-  out.append(
-    _figures("checkpoint", programs["checkpoint"].device_program.lower(state).compile(), live)
-  )
+  for name, lowered, held in _lowered_programs(c, abstract, programs):
+    out.append(_figures(name, lowered.compile(), held))
   return out, init
+
+
+def compile_in_background(
+  c: Components, abstract: TrainState, programs: dict[str, Callable]
+) -> Future:
+  """Compiles ``programs`` (all but init) on abstract inputs in a background thread.
+
+  XLA then compiles them while the caller initialises or restores the state
+  (the init program compiles on the caller's thread): on 2 cores that halves a
+  cold run's compilation. The run's first calls find the executables in JAX's
+  in-memory caches; wait for the future before them, so that nothing compiles twice.
+  """
+
+  def compile_all() -> None:
+    for _, lowered, _ in _lowered_programs(c, abstract, programs):
+      lowered.compile()
+
+  pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
+  future = pool.submit(compile_all)
+  pool.shutdown(wait=False)
+  return future
 
 
 def over_limit(programs: list[ProgramMemory], limit: int) -> list[ProgramMemory]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+from concurrent.futures import Future
 from typing import Any
 
 import jax
@@ -13,6 +15,7 @@ from jax.experimental import multihost_utils
 from dlrm_jax.checkpoint import manager as checkpointing
 from dlrm_jax.config import Config, ConfigError
 from dlrm_jax.data import checksums, prefetch
+from dlrm_jax.data.datasets import will_preprocess
 from dlrm_jax.data.loader import BatchLoader, resolve_shuffle
 from dlrm_jax.data.store import open_split
 from dlrm_jax.faults import Preempted, TrainingDiverged
@@ -20,13 +23,14 @@ from dlrm_jax.reporting import managed_ids
 from dlrm_jax.reporting import metrics_log as reporting
 from dlrm_jax.reporting.timings import Timings
 from dlrm_jax.run.dry_run import check_before_allocating
-from dlrm_jax.run.memory_plan import run_programs
+from dlrm_jax.run.memory_plan import compile_in_background, run_programs
 from dlrm_jax.run.preemption import PreemptionGuard
 from dlrm_jax.sharding.planner import plan_table
 from dlrm_jax.train.calls import compiled_on_first_call, device_calls, flat_metrics
 from dlrm_jax.train.components import (
   Components,
   abstract_train_state,
+  dense_state_ahead,
   initial_state,
   load_components,
   parameter_counts,
@@ -44,6 +48,11 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   is_chief = jax.process_index() == 0
   show = config.progress and is_chief
   timings = Timings()
+  # A fresh run initialises its dense parameters while raw text is preprocessed
+  # (--device_memory_gb compiles the whole init first, to check its memory).
+  fresh = not os.path.isdir(os.path.join(config.workdir, checkpointing.CHECKPOINT_DIR))
+  ahead = fresh and not config.device_memory_gb and will_preprocess(config)
+  dense_ahead = dense_state_ahead(config) if ahead else None
   with timings.phase("data_preparation"):
     c, processed, meta = load_components(config, progress=show)
   mesh = c.mesh
@@ -71,6 +80,7 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
       store,
       identity,
       timings,
+      dense_ahead,
     )
   finally:
     store.wait()  # an asynchronous save must be complete before the process exits
@@ -115,17 +125,21 @@ def _train(
   store: checkpointing.CheckpointStore,
   ident: dict[str, Any],
   timings: Timings,
+  dense_ahead: Future | None = None,
 ) -> dict[str, Any]:
   config, mesh = c.config, c.mesh
   is_chief = jax.process_index() == 0
   abstract = abstract_train_state(c)
   programs = run_programs(c, abstract)
-  init = None
+  init = ahead = None
   if config.device_memory_gb:
     # Every program's peak from the compiler, before any table is allocated; the
     # calls below reuse these executables, so this adds only the init's compilation.
     with timings.phase("compilation"):
       init = check_before_allocating(c, programs)
+  else:
+    # XLA compiles the steps while the tables are initialised or restored.
+    ahead = compile_in_background(c, abstract, programs)
   reached_before = False
   # Load or initialise, never both.
   with timings.phase("table_initialisation"):
@@ -134,7 +148,7 @@ def _train(
     )
     if restored is None:
       key = jax.random.key(config.seed)
-      state = jax.block_until_ready(init(key) if init else initial_state(c))
+      state = jax.block_until_ready(init(key) if init else initial_state(c, dense_ahead))
   if restored is not None:
     state, start = restored.state, restored.step
     pending_losses = [np.float32(x) for x in restored.meta.get("pending_losses", [])]
@@ -164,9 +178,11 @@ def _train(
   )
   if restored is None:  # a resumed file keeps its step-0 line
     log.write({"step": 0, "parameters": counts})
-  multi_step = compiled_on_first_call(programs["train"], timings)
-  train_step = compiled_on_first_call(programs["train 1 step"], timings) if k > 1 else multi_step
-  eval_step = compiled_on_first_call(programs["eval"], timings)
+  multi_step = compiled_on_first_call(programs["train"], timings, ahead)
+  train_step = (
+    compiled_on_first_call(programs["train 1 step"], timings, ahead) if k > 1 else multi_step
+  )
+  eval_step = compiled_on_first_call(programs["eval"], timings, ahead)
   snapshot = programs["checkpoint"]
   managed_fields = _managed_fields(c)
   layout_meta = checkpointing.layout_meta(c.layout, abstract)

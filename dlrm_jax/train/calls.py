@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import jax
@@ -19,14 +20,23 @@ def flat_metrics(values: list) -> np.ndarray:
   return np.concatenate([np.ravel(x) for x in jax.device_get(values)]) if values else np.zeros(0)
 
 
-def compiled_on_first_call(jitted: Callable, timings: Timings) -> Callable:
-  """``jitted``, compiled ahead of its first call so that the compilation is timed on its own."""
+def compiled_on_first_call(
+  jitted: Callable, timings: Timings, ahead: Future | None = None
+) -> Callable:
+  """``jitted``, compiled ahead of its first call so that the compilation is timed on its own.
+
+  ``ahead``: a background compilation of the same program (memory_plan.compile_in_background);
+  the first call waits for it, then finds the executable in JAX's caches. Should it have
+  failed, or compiled other shapes, the program is simply compiled (or fails) here.
+  """
   compiled = None
 
   def call(*args):
     nonlocal compiled
     if compiled is None:
       with timings.phase("compilation"):
+        if ahead is not None:
+          ahead.exception()  # waits; its error, if any, recurs below with the real arguments
         compiled = jitted.lower(*args).compile()
     return compiled(*args)
 

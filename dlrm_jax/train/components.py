@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from dlrm_jax.config import Config, ConfigError
+from dlrm_jax.data import criteo_format as cf
 from dlrm_jax.data.datasets import check_data_matches_model, model_table_sizes, resolve_dataset
 from dlrm_jax.data.loader import check_batch_ids
 from dlrm_jax.data.raw_ids import hash_ids
@@ -27,7 +29,13 @@ from dlrm_jax.sharding import mesh as mesh_lib
 from dlrm_jax.sharding.managed import MANAGED_FLOATS_PER_ROW, ManagedLayout, managed_layout
 from dlrm_jax.sharding.planner import EmbeddingLayout, plan_layout
 from dlrm_jax.sharding.specs import table_specs
-from dlrm_jax.train.state import TrainState, create_train_state, dense_optimizer
+from dlrm_jax.train.state import (
+  TrainState,
+  create_train_state,
+  dense_init,
+  dense_optimizer,
+  init_dense_state,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +72,7 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
     config.bag_sizes(len(table_names)),
     config.pooling,
   )
-  lr = schedules.learning_rate(
-    config.learning_rate,
-    config.lr_warmup_steps,
-    config.lr_decay_start_step,
-    config.lr_decay_steps,
-    config.lr_decay_power,
-  )
+  lr = _learning_rate(config)
   sparse_opt = SparseOptimizer(
     config.optimizer,
     lr,
@@ -107,15 +109,35 @@ def build_components(config: Config, mesh: Mesh, table_sizes, table_names) -> Co
       managed_tables = managed_layout(layout, config.eviction, config.lfu_decay)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-  model = dense_model(config)
-  dense_tx = dense_optimizer(
+  return Components(
+    config,
+    mesh,
+    layout,
+    dense_model(config),
+    sparse_opt,
+    dense_transform(config),
+    tuple(table_sizes),
+    managed_tables,
+  )
+
+
+def _learning_rate(config: Config):
+  return schedules.learning_rate(
+    config.learning_rate,
+    config.lr_warmup_steps,
+    config.lr_decay_start_step,
+    config.lr_decay_steps,
+    config.lr_decay_power,
+  )
+
+
+def dense_transform(config: Config):
+  """The optax transformation of the dense parameters (the tables' optimizer is sparse)."""
+  return dense_optimizer(
     config.optimizer,
-    lr,
+    _learning_rate(config),
     eps=config.adagrad_eps,
     initial_accumulator=config.adagrad_initial_accumulator,
-  )
-  return Components(
-    config, mesh, layout, model, sparse_opt, dense_tx, tuple(table_sizes), managed_tables
   )
 
 
@@ -195,14 +217,55 @@ def load_components(config: Config, *, progress: bool) -> tuple[Components, str,
   return c, processed, meta
 
 
-def initial_state(c: Components) -> TrainState:
-  """A freshly initialised, already sharded TrainState (seed from the config)."""
+def dense_state_ahead(config: Config) -> Future | None:
+  """Starts initialising the dense parameters and their optimizer state in a background thread.
+
+  They need no table size, so a run computes them while its data is prepared: their
+  compilation (XLA's threefry and erf_inv for each layer) is most of a cold run's table
+  initialisation. Assumes Criteo's 26 features (initial_state checks the shapes). None
+  with several processes, where every process must launch the same programs in order.
+  """
+  if jax.process_count() > 1:
+    return None
+
+  def compute():
+    mesh = mesh_lib.make_mesh(config.mesh_shape)
+    key = jax.random.key(config.seed)
+    num_tables = len(cf.SPARSE_NAMES)
+    model, tx = dense_model(config), dense_transform(config)
+    return init_dense_state(model, tx, mesh, key, num_tables, config.embedding_dim)
+
+  pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dense-init")
+  future = pool.submit(compute)
+  pool.shutdown(wait=False)
+  return future
+
+
+def initial_state(c: Components, dense_ahead: Future | None = None) -> TrainState:
+  """A freshly initialised, already sharded TrainState (seed from the config).
+
+  ``dense_ahead``: dense_state_ahead's future; its arrays are used where their shapes are
+  this model's (the same values either way), else the dense state is computed here.
+  """
+  key = jax.random.key(c.config.seed)
+  dense = None
+  if dense_ahead is not None and dense_ahead.exception() is None:
+    wanted = jax.eval_shape(
+      dense_init(c.model, c.dense_tx, len(c.layout.placements), c.layout.dim), key
+    )
+    ready = dense_ahead.result()
+    same = jax.tree.structure(ready) == jax.tree.structure(wanted) and all(
+      (x.shape, x.dtype) == (y.shape, y.dtype)
+      for x, y in zip(jax.tree.leaves(ready), jax.tree.leaves(wanted), strict=True)
+    )
+    dense = ready if same else None
   return create_train_state(
     c.model,
     c.layout,
     c.sparse_opt,
     c.dense_tx,
     c.mesh,
-    jax.random.key(c.config.seed),
+    key,
     managed=c.managed,
+    dense=dense,
   )

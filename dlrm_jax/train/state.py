@@ -19,7 +19,14 @@ from dlrm_jax.sharding.mesh import MODEL_AXIS
 from dlrm_jax.sharding.planner import BUFFER_SPECS, EmbeddingLayout
 from dlrm_jax.sharding.table_init import init_tables, table_seed
 
-__all__ = ["TrainState", "create_train_state", "dense_optimizer", "state_shardings", "state_specs"]
+__all__ = [
+  "TrainState",
+  "create_train_state",
+  "dense_optimizer",
+  "init_dense_state",
+  "state_shardings",
+  "state_specs",
+]
 
 
 @flax.struct.dataclass
@@ -64,6 +71,43 @@ def state_shardings(mesh: Mesh, state: TrainState) -> TrainState:
   )
 
 
+def dense_init(
+  model: DenseModel,
+  dense_tx: optax.GradientTransformation,
+  num_tables: int,
+  dim: int,
+  num_dense: int = 13,
+):
+  """``key -> (params, opt_state)``: the dense half of create_train_state's state, from its key."""
+
+  def init(key):
+    dense_key, _ = jax.random.split(key)
+    params = model.init(dense_key, jnp.zeros((1, num_dense)), jnp.zeros((1, num_tables, dim)))[
+      "params"
+    ]
+    return params, dense_tx.init(params)
+
+  return init
+
+
+def init_dense_state(
+  model: DenseModel,
+  dense_tx: optax.GradientTransformation,
+  mesh: Mesh,
+  key: jax.Array,
+  num_tables: int,
+  dim: int,
+  num_dense: int = 13,
+) -> tuple[Any, Any]:
+  """(params, opt_state) as create_train_state makes them, replicated, in a program of their own.
+
+  A run computes them while its data is prepared (they need no table size) and hands
+  them to create_train_state(dense=...): their compilation is most of a cold init's.
+  """
+  init = dense_init(model, dense_tx, num_tables, dim, num_dense)
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(key)
+
+
 def create_train_state(
   model: DenseModel,
   layout: EmbeddingLayout,
@@ -73,24 +117,28 @@ def create_train_state(
   key: jax.Array,
   num_dense: int = 13,
   managed: managed_lib.ManagedLayout | None = None,
+  dense: tuple[Any, Any] | None = None,
 ) -> TrainState:
-  """Initialises every array directly in its sharding; no table passes through the host."""
-  make_tables = init_tables(layout, mesh)
+  """Initialises every array directly in its sharding; no table passes through the host.
 
-  def init(key):
-    dense_key, table_key = jax.random.split(key)
-    params = model.init(
-      dense_key, jnp.zeros((1, num_dense)), jnp.zeros((1, len(layout.placements), layout.dim))
-    )["params"]
+  ``dense``: (params, opt_state) from init_dense_state with the same arguments and key,
+  taken as they are (the same values this function computes without it).
+  """
+  make_tables = init_tables(layout, mesh)
+  make_dense = dense_init(model, dense_tx, len(layout.placements), layout.dim, num_dense)
+
+  def init(key, dense):
+    _, table_key = jax.random.split(key)
+    params, opt_state = make_dense(key) if dense is None else dense
     tables = make_tables(table_key)
     return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
-      opt_state=dense_tx.init(params),
+      opt_state=opt_state,
       tables=tables,
       slots={n: sparse_opt.init_slots(t) for n, t in tables.items()},
       managed={} if managed is None else managed_lib.init_state(managed, table_seed(table_key)),
     )
 
-  shardings = state_shardings(mesh, jax.eval_shape(init, key))
-  return jax.jit(init, out_shardings=shardings)(key)
+  shardings = state_shardings(mesh, jax.eval_shape(init, key, dense))
+  return jax.jit(init, out_shardings=shardings)(key, dense)
