@@ -51,8 +51,8 @@ def train_and_evaluate(config: Config) -> dict[str, Any]:
   # A fresh run initialises its dense parameters while raw text is preprocessed
   # (--device_memory_gb compiles the whole init first, to check its memory).
   fresh = not os.path.isdir(os.path.join(config.workdir, checkpointing.CHECKPOINT_DIR))
-  ahead = fresh and not config.device_memory_gb and will_preprocess(config)
-  dense_ahead = dense_state_ahead(config) if ahead else None
+  early = fresh and not config.device_memory_gb and will_preprocess(config)
+  dense_ahead = dense_state_ahead(config) if early else None
   with timings.phase("data_preparation"):
     c, processed, meta = load_components(config, progress=show)
   mesh = c.mesh
