@@ -184,18 +184,19 @@ def compile_programs(
 
 
 def compile_in_background(
-  c: Components, abstract: TrainState, programs: dict[str, Callable]
+  c: Components, abstract: TrainState, programs: dict[str, Callable], *, skip: tuple[str, ...] = ()
 ) -> Future:
   """Compiles ``programs`` (all but init) on abstract inputs in a background thread.
 
-  XLA then compiles them while the caller initialises or restores the state
-  (the init program compiles on the caller's thread): on 2 cores that halves a
-  cold run's compilation. The run's first calls find the executables in JAX's
-  in-memory caches; wait for the future before them, so that nothing compiles twice.
+  XLA then compiles them while the caller initialises or restores the state (the init
+  program compiles on the caller's thread). The run's first calls find the executables in
+  JAX's in-memory caches; wait for the future before them, so that nothing compiles twice.
+  ``skip``: names of programs the run will not call (they compile on a first call, if any).
   """
+  wanted = {name: f for name, f in programs.items() if name not in skip}
 
   def compile_all() -> None:
-    for _, lowered, _ in _lowered_programs(c, abstract, programs):
+    for _, lowered, _ in _lowered_programs(c, abstract, wanted):
       lowered.compile()
 
   pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")

@@ -138,8 +138,11 @@ def _train(
     with timings.phase("compilation"):
       init = check_before_allocating(c, programs)
   else:
-    # XLA compiles the steps while the tables are initialised or restored.
-    ahead = compile_in_background(c, abstract, programs)
+    # XLA compiles the steps while the tables are initialised or restored. The single step
+    # serves only a resume mid-call and the steps after the last multiple of K.
+    k = config.resolved_steps_per_call
+    single = total_steps % k != 0 or store.latest_step() is not None
+    ahead = compile_in_background(c, abstract, programs, skip=() if single else ("train 1 step",))
   reached_before = False
   # Load or initialise, never both.
   with timings.phase("table_initialisation"):
