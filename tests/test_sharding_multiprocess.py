@@ -2,21 +2,15 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from main_runner import free_port, process_flags
 from tensorboard_testlib import assert_events_match_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def main_cmd(workdir: Path, data_dir: Path, *args: str) -> list[str]:
@@ -67,9 +61,7 @@ def test_sharding_two_processes_match_one(tmp_path):
   port = free_port()
   work = tmp_path / "two"
   flags_proc = subprocess.Popen(
-    main_cmd(
-      work, data, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--process_id=0"
-    ),
+    main_cmd(work, data, *process_flags(port, 0)),
     cwd=REPO,
     env=env_for(4),
     stdout=subprocess.PIPE,

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from main_runner import main_command, main_env
+from main_runner import (
+  free_port,
+  main_command,
+  main_env,
+  process_flags,
+  sigkill_after_checkpoint,
+)
 
 from dlrm_jax.data.loader import BatchLoader
 from dlrm_jax.data.store import open_split
@@ -37,12 +40,6 @@ FLAGS = (
 )
 
 
-def free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
-
-
 def start_pair(work: Path, data: Path, logs: str) -> list[subprocess.Popen]:
   """Both processes of a run; each one's output goes to the file ``{logs}{process}.log`` (a
   pipe left unread while the other runs go on could fill up and stall it)."""
@@ -56,9 +53,7 @@ def start_pair(work: Path, data: Path, logs: str) -> list[subprocess.Popen]:
             work,
             data,
             *FLAGS,
-            f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2",
-            f"--process_id={i}",
+            *process_flags(port, i),
           ),
           cwd=REPO,
           env=main_env(4),
@@ -104,16 +99,7 @@ def runs(tmp_path_factory) -> dict:
   whole_procs = start_pair(whole, data, f"{root}/whole")
   killed_procs = start_pair(killed, data, f"{root}/killed")
   try:
-    start = time.time()
-    while not (killed / "checkpoints" / "4").is_dir():
-      if any(p.poll() is not None for p in killed_procs):
-        raise AssertionError(finish(killed_procs)[0][-3000:])
-      assert time.time() - start < 180, "no checkpoint appeared"
-      time.sleep(0.02)
-    for p in killed_procs:
-      p.send_signal(signal.SIGKILL)
-    finish(killed_procs)
-    assert all(p.returncode == -signal.SIGKILL for p in killed_procs)
+    sigkill_after_checkpoint(killed_procs, killed / "checkpoints" / "4", finish)
     assert not (killed / "checkpoints" / str(STEPS)).exists(), "killed too late to test anything"
     resumed_procs = start_pair(killed, data, f"{root}/resumed")
     resumed_outs = finish(resumed_procs)

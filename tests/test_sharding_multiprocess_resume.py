@@ -3,15 +3,19 @@ that checkpoint then restores onto 1 device."""
 
 import json
 import re
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import dlrm_reference
 import numpy as np
-from main_runner import main_command, main_env, run_main
+from main_runner import (
+  free_port,
+  main_command,
+  main_env,
+  process_flags,
+  run_main,
+  sigkill_after_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -26,12 +30,6 @@ FLAGS = (
 )
 
 
-def free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
-
-
 def start_pair(work: Path, data: Path) -> list[subprocess.Popen]:
   port = free_port()
   return [
@@ -40,9 +38,7 @@ def start_pair(work: Path, data: Path) -> list[subprocess.Popen]:
         work,
         data,
         *FLAGS,
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
-        f"--process_id={i}",
+        *process_flags(port, i),
       ),
       cwd=REPO,
       env=main_env(4),
@@ -76,16 +72,7 @@ def test_sharding_two_processes_killed_resume_like_one_then_restore_onto_one_dev
 
   two = tmp_path / "two"
   procs = start_pair(two, data)
-  start = time.time()
-  while not (two / "checkpoints" / "4").is_dir():
-    if any(p.poll() is not None for p in procs):
-      raise AssertionError(finish(procs)[0][1][-3000:])
-    assert time.time() - start < 180, "no checkpoint appeared"
-    time.sleep(0.02)
-  for p in procs:
-    p.send_signal(signal.SIGKILL)
-  finish(procs)
-  assert all(p.returncode == -signal.SIGKILL for p in procs)
+  sigkill_after_checkpoint(procs, two / "checkpoints" / "4", finish)
   assert not (two / "checkpoints" / str(STEPS)).exists(), "killed too late to test anything"
 
   procs = start_pair(two, data)
