@@ -241,6 +241,10 @@ def dense_state_ahead(config: Config) -> Future | None:
   return future
 
 
+def _shapes(tree) -> tuple[Any, list[tuple[tuple[int, ...], Any]]]:
+  return jax.tree.structure(tree), [(x.shape, x.dtype) for x in jax.tree.leaves(tree)]
+
+
 def initial_state(c: Components, dense_ahead: Future | None = None) -> TrainState:
   """A freshly initialised, already sharded TrainState (seed from the config).
 
@@ -254,11 +258,7 @@ def initial_state(c: Components, dense_ahead: Future | None = None) -> TrainStat
       dense_init(c.model, c.dense_tx, len(c.layout.placements), c.layout.dim), key
     )
     ready = dense_ahead.result()
-    same = jax.tree.structure(ready) == jax.tree.structure(wanted) and all(
-      (x.shape, x.dtype) == (y.shape, y.dtype)
-      for x, y in zip(jax.tree.leaves(ready), jax.tree.leaves(wanted), strict=True)
-    )
-    dense = ready if same else None
+    dense = ready if _shapes(ready) == _shapes(wanted) else None
   return create_train_state(
     c.model,
     c.layout,

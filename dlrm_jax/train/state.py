@@ -82,9 +82,8 @@ def dense_init(
 
   def init(key):
     dense_key, _ = jax.random.split(key)
-    params = model.init(dense_key, jnp.zeros((1, num_dense)), jnp.zeros((1, num_tables, dim)))[
-      "params"
-    ]
+    variables = model.init(dense_key, jnp.zeros((1, num_dense)), jnp.zeros((1, num_tables, dim)))
+    params = variables["params"]
     return params, dense_tx.init(params)
 
   return init
